@@ -1,0 +1,130 @@
+//! `faas deploy`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Args;
+use faas_common::api::FunctionInfo;
+use faas_common::{FunctionDefinition, Language};
+use reqwest::Method;
+
+use crate::client::{Client, ServerArgs};
+
+/// `faas deploy` flags.
+#[derive(Args)]
+pub struct DeployArgs {
+    /// A directory (sent as a tar.gz archive) or a single source file.
+    path: PathBuf,
+    /// Function name [default: the file or directory name].
+    #[arg(long)]
+    name: Option<String>,
+    /// python, node or shell [default: from the file extension].
+    #[arg(long)]
+    language: Option<String>,
+    /// module.function, or the script for shell [default: <file>.handler, or the script].
+    #[arg(long)]
+    handler: Option<String>,
+    /// Memory limit in MiB.
+    #[arg(long)]
+    memory_mb: Option<u32>,
+    /// Timeout in seconds.
+    #[arg(long)]
+    timeout_sec: Option<u32>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A dependency to install: pip or npm specifier (repeatable).
+    #[arg(long = "dep", value_name = "SPEC")]
+    dependencies: Vec<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Deploy and print the new version.
+pub async fn run(args: DeployArgs) -> Result<ExitCode> {
+    let meta = std::fs::metadata(&args.path)
+        .with_context(|| format!("cannot read {}", args.path.display()))?;
+    let stem = args
+        .path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("function")
+        .to_string();
+    let language = match &args.language {
+        Some(l) => l.parse::<Language>()?,
+        None if meta.is_file() => language_of(&args.path)?,
+        None => bail!("--language is required when deploying a directory"),
+    };
+    let handler = match (&args.handler, meta.is_file()) {
+        (Some(h), _) => h.clone(),
+        (None, true) if language == Language::Shell => file_name(&args.path)?,
+        (None, true) => format!("{stem}.handler"),
+        (None, false) => bail!("--handler is required when deploying a directory"),
+    };
+    let code = if meta.is_file() {
+        std::fs::read(&args.path).with_context(|| format!("cannot read {}", args.path.display()))?
+    } else {
+        tar_gz(&args.path)?
+    };
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv:?} is not KEY=VALUE"))?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    let def = FunctionDefinition {
+        name: args.name.clone().unwrap_or(stem),
+        language: language.to_string(),
+        code_base64: Some(base64::engine::general_purpose::STANDARD.encode(code)),
+        handler,
+        dependencies: args.dependencies.clone(),
+        memory_mb: args.memory_mb,
+        timeout_sec: args.timeout_sec,
+        files: None,
+        env,
+    };
+    let client = Client::new(&args.server)?;
+    let info: FunctionInfo = client
+        .json(client.request(Method::POST, "/functions").json(&def))
+        .await?;
+    if args.server.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!(
+            "deployed {} version {} ({}, {}, {} MB, {}s timeout) id {}",
+            info.name, info.version, info.language, info.handler, info.memory_mb, info.timeout_sec, info.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn language_of(path: &Path) -> Result<Language> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("py") => Ok(Language::Python),
+        Some("js") | Some("cjs") => Ok(Language::Node),
+        Some("sh") => Ok(Language::Shell),
+        _ => bail!("cannot tell the language of {}; pass --language", path.display()),
+    }
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no usable file name", path.display()))
+}
+
+/// The directory as a tar.gz, paths relative to it, links kept as links.
+fn tar_gz(dir: &Path) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir)
+        .with_context(|| format!("cannot archive {}", dir.display()))?;
+    let gz = tar.into_inner().context("cannot finish archive")?;
+    gz.finish().context("cannot compress archive")
+}

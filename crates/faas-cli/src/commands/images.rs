@@ -1,0 +1,59 @@
+//! `faas images build`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use faas_common::Language;
+use faas_images::ImageStore;
+
+/// Image commands.
+#[derive(Subcommand)]
+pub enum ImagesCommand {
+    /// Build (or confirm cached) runtime root filesystems.
+    Build(BuildArgs),
+}
+
+/// `faas images build` flags.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Languages to build: python, node, shell [default: all].
+    languages: Vec<String>,
+    /// Rebuild even when the recipe is unchanged.
+    #[arg(long)]
+    force: bool,
+    /// Image cache directory [default: /var/lib/faas/images].
+    #[arg(long, env = "FAAS_IMAGES_DIR")]
+    images_dir: Option<PathBuf>,
+    /// Guest agent binary to include [default: faas-guest-agent beside this binary].
+    #[arg(long, env = "FAAS_AGENT_PATH")]
+    agent_path: Option<PathBuf>,
+}
+
+/// Run an image command.
+pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
+    let ImagesCommand::Build(args) = cmd;
+    let languages: Vec<Language> = if args.languages.is_empty() || args.languages == ["all"] {
+        Language::ALL.to_vec()
+    } else {
+        args.languages
+            .iter()
+            .map(|l| l.parse::<Language>())
+            .collect::<Result<_, _>>()?
+    };
+    let dir = args
+        .images_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/faas/images"));
+    let agent = crate::config::agent_path(args.agent_path)?;
+    let store = ImageStore::new(&dir);
+    for lang in languages {
+        let progress = |line: &str| eprintln!("[images] {line}");
+        let image = store
+            .ensure(lang, &agent, args.force, &progress)
+            .await
+            .with_context(|| format!("cannot build the {lang} image"))?;
+        println!("{lang}\t{}\t{}", image.hash, image.rootfs.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

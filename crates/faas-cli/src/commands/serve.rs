@@ -1,0 +1,186 @@
+//! `faas serve`: gateway + orchestrator + sandbox in one process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use faas_common::Language;
+use faas_executor::native::{NativeConfig, NativeSandbox};
+use faas_images::ImageStore;
+use faas_orchestrator::{Orchestrator, OrchestratorConfig};
+
+use crate::config::FileConfig;
+
+/// `faas serve` flags; each may also come from the environment or the config file.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Config file (TOML); flags and FAAS_* variables override it.
+    #[arg(long, env = "FAAS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "FAAS_ADDR")]
+    addr: Option<SocketAddr>,
+    /// State directory: database, code, dependency layers, sandboxes [default: /var/lib/faas].
+    #[arg(long, env = "FAAS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Sandbox kind [default: native].
+    #[arg(long, env = "FAAS_EXECUTOR_TYPE", value_parser = ["native"])]
+    executor: Option<String>,
+    /// Where runtime images are built and cached [default: DATA_DIR/images].
+    #[arg(long, env = "FAAS_IMAGES_DIR")]
+    images_dir: Option<PathBuf>,
+    /// Guest agent binary to put in images [default: faas-guest-agent beside this binary].
+    #[arg(long, env = "FAAS_AGENT_PATH")]
+    agent_path: Option<PathBuf>,
+    /// Seconds an idle instance stays warm [default: 300].
+    #[arg(long, env = "FAAS_IDLE_TIMEOUT_SEC")]
+    idle_timeout_sec: Option<u64>,
+    /// Largest invocation payload in bytes [default: 6291456].
+    #[arg(long, env = "FAAS_MAX_PAYLOAD_BYTES")]
+    max_payload_bytes: Option<usize>,
+    /// Most instances alive at once [default: 32].
+    #[arg(long, env = "FAAS_MAX_INSTANCES")]
+    max_instances: Option<usize>,
+    /// Parent cgroup of sandbox instances [default: faas].
+    #[arg(long, env = "FAAS_CGROUP_PARENT")]
+    cgroup_parent: Option<String>,
+    /// runc binary [default: runc].
+    #[arg(long, env = "FAAS_RUNC")]
+    runc: Option<PathBuf>,
+}
+
+/// Run until SIGINT or SIGTERM; then stop every instance before exiting.
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    init_tracing();
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let defaults = OrchestratorConfig::default();
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir);
+    let addr: SocketAddr = match args.addr {
+        Some(a) => a,
+        None => file
+            .addr
+            .as_deref()
+            .unwrap_or("127.0.0.1:8080")
+            .parse()
+            .context("invalid addr in config file")?,
+    };
+    let executor = args.executor.or(file.executor).unwrap_or_else(|| "native".into());
+    if executor != "native" {
+        bail!("executor {executor:?} is not available in this build (supported: native)");
+    }
+    let images_dir = args
+        .images_dir
+        .or(file.images_dir)
+        .unwrap_or_else(|| data_dir.join("images"));
+    let agent = crate::config::agent_path(args.agent_path.or(file.agent_path))?;
+
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize().context("data dir")?;
+
+    // Images first: the first start builds them, which takes a while; say so.
+    let store = ImageStore::new(&images_dir);
+    let mut images = HashMap::new();
+    for lang in Language::ALL {
+        let progress = |line: &str| eprintln!("[images] {line}");
+        let image = store
+            .ensure(lang, &agent, false, &progress)
+            .await
+            .with_context(|| format!("cannot build the {lang} runtime image"))?;
+        images.insert(lang, image.rootfs);
+    }
+
+    let n = file.native;
+    let native_defaults = NativeConfig::default();
+    let native = NativeConfig {
+        runc: args.runc.or(n.runc).unwrap_or(native_defaults.runc),
+        state_dir: data_dir.join("run/runc"),
+        instances_dir: data_dir.join("run/instances"),
+        cgroup_parent: args
+            .cgroup_parent
+            .or(n.cgroup_parent)
+            .unwrap_or(native_defaults.cgroup_parent),
+        sandbox_uid: n.sandbox_uid.unwrap_or(native_defaults.sandbox_uid),
+        pids_limit: n.pids_limit.unwrap_or(native_defaults.pids_limit),
+        cpu_quota_us: n.cpu_quota_us.unwrap_or(native_defaults.cpu_quota_us),
+        tmp_mb: n.tmp_mb.unwrap_or(native_defaults.tmp_mb),
+        userns_base: n.userns_base,
+        ..native_defaults
+    };
+    let sandbox = NativeSandbox::new(native, images)
+        .await
+        .context("cannot start the native sandbox")?;
+    let config = OrchestratorConfig {
+        data_dir: data_dir.clone(),
+        max_payload_bytes: args
+            .max_payload_bytes
+            .or(file.max_payload_bytes)
+            .unwrap_or(defaults.max_payload_bytes),
+        idle_timeout: args
+            .idle_timeout_sec
+            .or(file.idle_timeout_sec)
+            .map_or(defaults.idle_timeout, Duration::from_secs),
+        max_instances: args
+            .max_instances
+            .or(file.max_instances)
+            .unwrap_or(defaults.max_instances),
+        default_memory_mb: file.default_memory_mb.unwrap_or(defaults.default_memory_mb),
+        default_timeout_sec: file.default_timeout_sec.unwrap_or(defaults.default_timeout_sec),
+        code_limits: defaults.code_limits,
+    };
+    let orchestrator = Arc::new(
+        Orchestrator::new(config, Arc::new(sandbox))
+            .await
+            .context("cannot open the platform state")?,
+    );
+    let app = faas_gateway::router(orchestrator.clone());
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr().context("listener address")?;
+    tracing::info!(
+        "listening on http://{local} (executor {executor}, data {})",
+        data_dir.display()
+    );
+    eprintln!("faas: listening on http://{local}");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    tracing::info!("shutting down: stopping instances");
+    orchestrator.shutdown().await;
+    served.context("server error")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,78 @@
+//! `faas`: the FaaS-Blueprint command line.
+//!
+//! A thin shell: `serve` wires the library crates together; every other command
+//! is a client of the HTTP API (`--server`, `FAAS_SERVER`).
+
+mod client;
+mod commands;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// FaaS-Blueprint: run Python, Node.js and shell functions in sandboxes.
+#[derive(Parser)]
+#[command(name = "faas", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the platform (HTTP gateway + orchestrator) in this process.
+    Serve(commands::serve::ServeArgs),
+    /// Deploy a function from a directory or a single file.
+    Deploy(commands::deploy::DeployArgs),
+    /// Invoke a function and print its response.
+    Invoke(commands::invoke::InvokeArgs),
+    /// List deployed functions.
+    Ls(commands::manage::LsArgs),
+    /// Delete a function and stop its instances.
+    Rm(commands::manage::RmArgs),
+    /// Show recent invocations of a function with their logs.
+    Logs(commands::manage::LogsArgs),
+    /// Show a function's instances and invocation counts.
+    Status(commands::manage::StatusArgs),
+    /// Run a command once in a runtime image with stdin as its input (`POST /execute`).
+    Exec(commands::invoke::ExecArgs),
+    /// Manage runtime images.
+    Images {
+        #[command(subcommand)]
+        command: commands::images::ImagesCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faas: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => commands::serve::run(a).await,
+            Command::Deploy(a) => commands::deploy::run(a).await,
+            Command::Invoke(a) => commands::invoke::run(a).await,
+            Command::Exec(a) => commands::invoke::exec(a).await,
+            Command::Ls(a) => commands::manage::ls(a).await,
+            Command::Rm(a) => commands::manage::rm(a).await,
+            Command::Logs(a) => commands::manage::logs(a).await,
+            Command::Status(a) => commands::manage::status(a).await,
+            Command::Images { command } => commands::images::run(command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain joined, the way a user wants to read it.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("faas: {}", msg.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! JSON bodies of the HTTP API (see `docs/api.md`), shared by the gateway, the CLI
+//! and the tests.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Language;
+
+/// A deployed function at its newest version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    /// Stable id (`fn-` + 12 hex digits), the same for every version.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Newest version, starting at 1.
+    pub version: u32,
+    /// Runtime language.
+    pub language: Language,
+    /// Handler reference.
+    pub handler: String,
+    /// Memory limit in MiB.
+    pub memory_mb: u32,
+    /// Invocation time limit in seconds.
+    pub timeout_sec: u32,
+    /// SHA-256 of the code tree.
+    pub code_sha256: String,
+    /// Declared dependencies.
+    pub dependencies: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// When this version was deployed (RFC 3339).
+    pub created_at: String,
+}
+
+/// `GET /functions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionList {
+    /// Every function, by name.
+    pub functions: Vec<FunctionInfo>,
+}
+
+/// `GET /functions/{fn}/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionStatus {
+    /// Function id.
+    pub id: String,
+    /// Function name.
+    pub name: String,
+    /// Newest version.
+    pub version: u32,
+    /// Instances ready for the next invocation.
+    pub warm_instances: usize,
+    /// Instances running an invocation now.
+    pub busy_instances: usize,
+    /// Invocations recorded for this function.
+    pub invocations: u64,
+    /// Of which failed (handler error, timeout, crash).
+    pub failures: u64,
+}
+
+/// One past invocation (`GET /functions/{fn}/logs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    /// Request id.
+    pub request_id: String,
+    /// Function version that ran.
+    pub version: u32,
+    /// Start time (RFC 3339).
+    pub started_at: String,
+    /// Wall time in milliseconds, queueing and cold start included.
+    pub duration_ms: f64,
+    /// `success`, `error`, `timeout`, `oom`, `crash`.
+    pub outcome: String,
+    /// Whether a new instance was started for it.
+    pub cold_start: bool,
+    /// Error message, if any.
+    pub error: Option<String>,
+    /// What the function printed.
+    pub logs: String,
+}
+
+/// `GET /functions/{fn}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationList {
+    /// Newest first.
+    pub invocations: Vec<InvocationRecord>,
+}
+
+/// Every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, in one line.
+    pub error: String,
+    /// Request id, for invocation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The function's output, for invocation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+}

@@ -1,0 +1,180 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A language runtime a function can be written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// CPython 3 (`def handler(event, context)`).
+    Python,
+    /// Node.js (`exports.handler = async (event, context) => ...`).
+    Node,
+    /// POSIX shell: payload on stdin, response on stdout.
+    Shell,
+}
+
+impl Language {
+    /// Every supported language, in a stable order.
+    pub const ALL: [Language; 3] = [Language::Python, Language::Node, Language::Shell];
+
+    /// The lowercase name used in the API and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Node => "node",
+            Language::Shell => "shell",
+        }
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Error for a language name that is not supported.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown language {0:?} (expected one of: python, node, shell)")]
+pub struct UnknownLanguage(pub String);
+
+impl FromStr for Language {
+    type Err = UnknownLanguage;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "python" | "python3" => Ok(Language::Python),
+            "node" | "nodejs" | "javascript" => Ok(Language::Node),
+            "shell" | "sh" | "bash" => Ok(Language::Shell),
+            other => Err(UnknownLanguage(other.to_string())),
+        }
+    }
+}
+
+/// A function as a user deploys it (`POST /functions`).
+///
+/// The first seven fields are the original plan's; the rest extend it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FunctionDefinition {
+    /// Unique, human-chosen name; deploying an existing name adds a version.
+    pub name: String,
+    /// `python`, `node` or `shell`.
+    pub language: String,
+    /// Base64 of a zip or tar.gz archive, or of a single source file.
+    #[serde(default)]
+    pub code_base64: Option<String>,
+    /// `module.function` for Python and Node.js, a script path for shell.
+    #[serde(default)]
+    pub handler: String,
+    /// Packages to install (pip requirement specifiers or npm package specs).
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// Memory limit of one instance, in MiB.
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    /// Wall-clock limit of one invocation, in seconds.
+    #[serde(default)]
+    pub timeout_sec: Option<u32>,
+    /// Source files by relative path; an alternative to `code_base64`.
+    #[serde(default)]
+    pub files: Option<BTreeMap<String, String>>,
+    /// Environment variables given to the function.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The outcome of one invocation, as the original plan defined it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationResult {
+    /// Identifier of this invocation.
+    pub request_id: String,
+    /// What the function returned (stdout for `/execute`).
+    #[serde(default, with = "opt_bytes_as_base64")]
+    pub response: Option<Vec<u8>>,
+    /// What the function printed.
+    pub logs: Option<String>,
+    /// Why the invocation failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Arguments of the original `execute_function` job and of `POST /execute`:
+/// run `command` in runtime `image` with `payload` on stdin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecuteFunctionArgs {
+    /// Runtime image: `python`, `node` or `shell`.
+    pub image: String,
+    /// Argument vector; the first element is the program.
+    pub command: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    #[serde(default)]
+    pub env_vars: Option<Vec<String>>,
+    /// Bytes fed to the command's stdin.
+    #[serde(default, with = "bytes_as_base64")]
+    pub payload: Vec<u8>,
+}
+
+/// What an executor needs for a one-shot run (the original plan's type).
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// Identifier used to name the sandbox.
+    pub function_id: String,
+    /// Runtime image to run in.
+    pub source: String,
+    /// Argument vector.
+    pub command: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    pub env_vars: Option<Vec<String>>,
+    /// Bytes fed to stdin.
+    pub payload: Vec<u8>,
+    /// Memory limit in MiB.
+    pub memory_mb: u32,
+    /// Wall-clock limit in seconds.
+    pub timeout_sec: u32,
+}
+
+/// Bytes travel through JSON as standard base64 strings.
+pub mod bytes_as_base64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialize bytes as a base64 string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    /// Deserialize bytes from a base64 string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Optional bytes as an optional base64 string.
+pub mod opt_bytes_as_base64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialize optional bytes as a base64 string or null.
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialize optional bytes from a base64 string or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => STANDARD
+                .decode(s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Sandboxes that run function instances.
+//!
+//! - [`Sandbox`]: starts [`Instance`]s of a function (or bare instances for `/execute`)
+//!   in one kind of isolation. [`native::NativeSandbox`] is the Linux namespaces +
+//!   cgroups + seccomp sandbox driven through `runc`; Docker and microVMs plug in here.
+//! - [`Instance`]: one running sandbox with a guest agent inside; it stays warm between
+//!   invocations and is destroyed by its owner (or its guard, on every error path).
+//! - [`SandboxExecutor`]: the original plan's one-shot `execute(SandboxConfig)`, provided
+//!   for every [`Sandbox`].
+//! - [`agent::AgentConn`]: the host side of the frame protocol, shared by all sandboxes.
+
+pub mod agent;
+mod error;
+pub mod native;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use faas_common::protocol::InitSpec;
+use faas_common::{InvocationResult, Language, SandboxConfig};
+
+pub use error::ExecutorError;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Runtime image to run in.
+    pub language: Language,
+    /// Host directory with the function's code, mounted read-only at `/var/task`.
+    pub code_dir: Option<PathBuf>,
+    /// Host directory with installed dependencies, mounted read-only at `/opt/faas/deps`.
+    pub deps_dir: Option<PathBuf>,
+    /// Memory limit in MiB (also bounds `/tmp`, which lives in memory).
+    pub memory_mb: u32,
+    /// The handler to load; `None` for a bare instance that only runs `exec`.
+    pub init: Option<InitSpec>,
+}
+
+/// Where the code and dependencies appear inside every sandbox.
+pub const GUEST_CODE_DIR: &str = "/var/task";
+/// See [`GUEST_CODE_DIR`].
+pub const GUEST_DEPS_DIR: &str = "/opt/faas/deps";
+
+/// A successful round trip (the handler itself may still have failed: see `error`).
+#[derive(Debug, Clone, Default)]
+pub struct InvokeOutput {
+    /// Response body.
+    pub body: Vec<u8>,
+    /// MIME type of the body.
+    pub content_type: String,
+    /// What the function printed.
+    pub logs: String,
+    /// The handler's error, if it raised or exited non-zero.
+    pub error: Option<String>,
+    /// Exit status for shell functions and `exec`.
+    pub exit_code: Option<i32>,
+    /// Time the handler ran inside the sandbox.
+    pub duration: Duration,
+}
+
+/// Result of loading a handler.
+#[derive(Debug, Clone, Default)]
+pub struct Ready {
+    /// What loading printed.
+    pub logs: String,
+    /// Time spent loading.
+    pub init: Duration,
+}
+
+/// One kind of isolation.
+#[async_trait]
+pub trait Sandbox: Send + Sync + 'static {
+    /// `native`, `docker`, `microvm`.
+    fn kind(&self) -> &'static str;
+
+    /// Start an instance and, when `spec.init` is set, load its handler.
+    async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError>;
+
+    /// Remove instances a previous process left behind (after a crash); returns how many.
+    async fn reap_leftovers(&self) -> Result<usize, ExecutorError>;
+}
+
+/// A running sandbox with a guest agent inside.
+#[async_trait]
+pub trait Instance: Send + Sync {
+    /// Unique id (also the container / cgroup name).
+    fn id(&self) -> &str;
+
+    /// Invoke the loaded handler. On `Err` the instance must not be reused.
+    async fn invoke(
+        &mut self,
+        request_id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InvokeOutput, ExecutorError>;
+
+    /// Run `command` once with `stdin`. On `Err` the instance must not be reused.
+    async fn exec(
+        &mut self,
+        request_id: &str,
+        command: Vec<String>,
+        env: Vec<String>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InvokeOutput, ExecutorError>;
+
+    /// Tear down: processes, cgroups, mounts, temporary files.
+    async fn destroy(self: Box<Self>);
+}
+
+/// The original plan's executor interface: one command, one sandbox, one result.
+#[async_trait]
+pub trait SandboxExecutor: Send + Sync {
+    /// Run `config.command` in runtime `config.source` with the payload on stdin.
+    async fn execute(&self, config: SandboxConfig) -> Result<InvocationResult, ExecutorError>;
+}
+
+#[async_trait]
+impl<S: Sandbox + ?Sized> SandboxExecutor for S {
+    async fn execute(&self, config: SandboxConfig) -> Result<InvocationResult, ExecutorError> {
+        let language: Language = config
+            .source
+            .parse()
+            .map_err(|e: faas_common::UnknownLanguage| ExecutorError::BadRequest(e.to_string()))?;
+        if config.command.is_empty() {
+            return Err(ExecutorError::BadRequest("command must not be empty".into()));
+        }
+        let mut instance = self
+            .start(InstanceSpec {
+                language,
+                code_dir: None,
+                deps_dir: None,
+                memory_mb: config.memory_mb,
+                init: None,
+            })
+            .await?;
+        let outcome = instance
+            .exec(
+                &config.function_id,
+                config.command,
+                config.env_vars.unwrap_or_default(),
+                config.payload,
+                Duration::from_secs(config.timeout_sec.into()),
+            )
+            .await;
+        instance.destroy().await;
+        let out = outcome?;
+        Ok(InvocationResult {
+            request_id: config.function_id,
+            response: Some(out.body),
+            logs: Some(out.logs),
+            error: out.error.or_else(|| match out.exit_code {
+                Some(0) => None,
+                Some(code) => Some(format!("command exited with status {code}")),
+                None => Some("command was killed".into()),
+            }),
+        })
+    }
+}
+
+/// Environment shared by every sandbox's init process.
+pub(crate) fn base_env() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), "/tmp".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ])
+}

@@ -1,0 +1,125 @@
+//! Where an instance's memory cgroup lives, to tell an out-of-memory kill
+//! apart from any other crash.
+
+use std::path::{Path, PathBuf};
+
+/// The host's cgroup layout, as far as the memory controller goes.
+#[derive(Debug, Clone)]
+pub enum CgroupLayout {
+    /// cgroup v1 (or hybrid): the memory controller's own hierarchy.
+    V1 {
+        /// Mount point of the memory hierarchy.
+        memory_root: PathBuf,
+    },
+    /// Unified cgroup v2 hierarchy.
+    V2 {
+        /// Mount point of the unified hierarchy.
+        root: PathBuf,
+    },
+    /// No memory controller found: OOM kills are reported as plain crashes.
+    Unknown,
+}
+
+impl CgroupLayout {
+    /// Read the layout from `/proc/self/mountinfo`.
+    pub fn detect() -> CgroupLayout {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::from_mountinfo(&info)
+    }
+
+    fn from_mountinfo(info: &str) -> CgroupLayout {
+        let mut v2 = None;
+        for line in info.lines() {
+            // Fields: ... mount_point ... - fstype source super_options
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mount_point = pre.split_whitespace().nth(4).unwrap_or_default();
+            let mut post = post.split_whitespace();
+            let fstype = post.next().unwrap_or_default();
+            let options = post.nth(1).unwrap_or_default();
+            if fstype == "cgroup" && options.split(',').any(|o| o == "memory") {
+                return CgroupLayout::V1 {
+                    memory_root: PathBuf::from(mount_point),
+                };
+            }
+            if fstype == "cgroup2" && v2.is_none() {
+                let root = PathBuf::from(mount_point);
+                let controllers =
+                    std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+                if controllers.split_whitespace().any(|c| c == "memory") {
+                    v2 = Some(root);
+                }
+            }
+        }
+        v2.map_or(CgroupLayout::Unknown, |root| CgroupLayout::V2 { root })
+    }
+
+    /// Whether memory+swap can be limited.
+    pub fn swap_accounting(&self) -> bool {
+        match self {
+            CgroupLayout::V1 { memory_root } => {
+                memory_root.join("memory.memsw.limit_in_bytes").exists()
+            }
+            CgroupLayout::V2 { .. } => true,
+            CgroupLayout::Unknown => false,
+        }
+    }
+
+    /// The memory cgroup directory of `path` (`/<parent>/<id>`).
+    pub fn memory_dir(&self, path: &str) -> Option<PathBuf> {
+        let rel = path.trim_start_matches('/');
+        match self {
+            CgroupLayout::V1 { memory_root } => Some(memory_root.join(rel)),
+            CgroupLayout::V2 { root } => Some(root.join(rel)),
+            CgroupLayout::Unknown => None,
+        }
+    }
+
+    /// How many processes the OOM killer has killed in cgroup `dir`.
+    pub fn oom_kills(&self, dir: &Path) -> u64 {
+        let (file, key) = match self {
+            CgroupLayout::V1 { .. } => ("memory.oom_control", "oom_kill"),
+            CgroupLayout::V2 { .. } => ("memory.events", "oom_kill"),
+            CgroupLayout::Unknown => return 0,
+        };
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_v1_memory_hierarchy() {
+        let info = "35 25 0:30 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,memory\n";
+        match CgroupLayout::from_mountinfo(info) {
+            CgroupLayout::V1 { memory_root } => {
+                assert_eq!(memory_root, PathBuf::from("/sys/fs/cgroup/memory"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_oom_kill_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        )
+        .unwrap();
+        let layout = CgroupLayout::V1 {
+            memory_root: PathBuf::from("/x"),
+        };
+        assert_eq!(layout.oom_kills(dir.path()), 3);
+    }
+}

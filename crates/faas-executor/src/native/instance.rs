@@ -1,0 +1,388 @@
+//! One native sandbox instance and the guard that removes it.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use super::cgroup::CgroupLayout;
+use super::spec::{self, InstanceMounts, AGENT_SOCKET};
+use super::NativeConfig;
+use crate::agent::{AgentConn, AgentReply};
+use crate::{ExecutorError, Instance, InstanceSpec, InvokeOutput};
+
+/// Line the agent prints once its socket is listening.
+const READY_LINE: &str = "FAAS_AGENT_READY";
+/// Lines of runc/agent stderr kept for error messages.
+const STDERR_TAIL: usize = 20;
+
+/// Owns everything an instance has on the host: the `runc run` process (and so
+/// the container), its runc state, its cgroups (runc removes them on delete) and
+/// its bundle directory. Dropping it without [`InstanceGuard::destroy`] still
+/// cleans up, from a background thread.
+struct InstanceGuard {
+    id: String,
+    dir: PathBuf,
+    runc: PathBuf,
+    state_dir: PathBuf,
+    child: Option<Child>,
+    done: bool,
+}
+
+impl InstanceGuard {
+    async fn destroy(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let _ = Command::new(&self.runc)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["delete", "--force", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if let Some(mut child) = self.child.take() {
+            // runc exits once its container is gone; kill it if it lingers.
+            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (runc, state, id, dir) = (
+            self.runc.clone(),
+            self.state_dir.clone(),
+            self.id.clone(),
+            self.dir.clone(),
+        );
+        let child = self.child.take();
+        // Drop cannot await; a plain thread keeps this off the async runtime.
+        std::thread::spawn(move || {
+            let _ = std::process::Command::new(&runc)
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            drop(child); // kill_on_drop reaps the runc process
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
+}
+
+/// A running native instance.
+pub struct NativeInstance {
+    guard: InstanceGuard,
+    conn: AgentConn<UnixStream>,
+    cgroups: CgroupLayout,
+    memory_dir: Option<PathBuf>,
+    memory_mb: u32,
+    oom_seen: u64,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl NativeInstance {
+    pub(super) async fn start(
+        config: &NativeConfig,
+        cgroups: &CgroupLayout,
+        rootfs: &Path,
+        spec: InstanceSpec,
+    ) -> Result<NativeInstance, ExecutorError> {
+        let id = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let dir = config.instances_dir.join(&id);
+        // The guard exists before anything is created, so every early return cleans up.
+        let mut guard = InstanceGuard {
+            id: id.clone(),
+            dir: dir.clone(),
+            runc: config.runc.clone(),
+            state_dir: config.state_dir.clone(),
+            child: None,
+            done: false,
+        };
+        let socket_dir = dir.join("sock");
+        tokio::fs::create_dir_all(&socket_dir)
+            .await
+            .map_err(ExecutorError::io(format!("create {}", socket_dir.display())))?;
+        let owner = config.userns_base.unwrap_or(0) + config.sandbox_uid;
+        std::os::unix::fs::chown(&socket_dir, Some(owner), Some(owner))
+            .map_err(ExecutorError::io("chown socket dir"))?;
+        tokio::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(ExecutorError::io("chmod socket dir"))?;
+
+        let oci = spec::build(
+            config,
+            &id,
+            spec.memory_mb,
+            &InstanceMounts {
+                rootfs,
+                socket_dir: &socket_dir,
+                code_dir: spec.code_dir.as_deref(),
+                deps_dir: spec.deps_dir.as_deref(),
+            },
+        )?;
+        let json = serde_json::to_vec(&oci)
+            .map_err(|e| ExecutorError::Start(format!("serialize spec: {e}")))?;
+        tokio::fs::write(dir.join("config.json"), json)
+            .await
+            .map_err(ExecutorError::io("write config.json"))?;
+
+        let mut child = Command::new(&config.runc)
+            .arg("--root")
+            .arg(&config.state_dir)
+            .args(["run", "--no-new-keyring", "--bundle"])
+            .arg(&dir)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                ExecutorError::Start(format!("cannot run {}: {e}", config.runc.display()))
+            })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr_pipe = child.stderr.take().expect("piped");
+        guard.child = Some(child);
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        tokio::spawn(keep_tail(stderr_pipe, stderr.clone()));
+
+        let ready = tokio::time::timeout(config.start_timeout, wait_ready(stdout)).await;
+        let tail = || stderr_tail(&stderr);
+        match ready {
+            Ok(true) => {}
+            Ok(false) => {
+                // runc exited before the agent came up: give stderr a moment to arrive.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(ExecutorError::Start(format!(
+                    "sandbox exited during start: {}",
+                    tail()
+                )));
+            }
+            Err(_) => {
+                return Err(ExecutorError::Start(format!(
+                    "agent not ready after {:?}: {}",
+                    config.start_timeout,
+                    tail()
+                )))
+            }
+        }
+        let stream = UnixStream::connect(socket_dir.join(AGENT_SOCKET))
+            .await
+            .map_err(ExecutorError::io("connect to agent"))?;
+        let memory_dir = cgroups.memory_dir(&format!("/{}/{}", config.cgroup_parent, id));
+        let mut instance = NativeInstance {
+            guard,
+            conn: AgentConn::new(stream),
+            cgroups: cgroups.clone(),
+            memory_dir,
+            memory_mb: spec.memory_mb,
+            oom_seen: 0,
+            stderr,
+        };
+        if let Some(init) = spec.init {
+            match tokio::time::timeout(config.start_timeout, instance.conn.init(init)).await {
+                Ok(Ok(_ready)) => {}
+                Ok(Err(e)) => {
+                    instance.guard.destroy().await;
+                    return Err(instance.classify(e));
+                }
+                Err(_) => {
+                    instance.guard.destroy().await;
+                    return Err(ExecutorError::Start(format!(
+                        "handler did not load within {:?}",
+                        config.start_timeout
+                    )));
+                }
+            }
+        }
+        Ok(instance)
+    }
+
+    /// Turn a failure into OutOfMemory when the OOM killer struck since the last look.
+    fn classify(&mut self, err: ExecutorError) -> ExecutorError {
+        let logs = err.logs().unwrap_or_default().to_string();
+        if self.oom_struck() {
+            return ExecutorError::OutOfMemory {
+                limit_mb: self.memory_mb,
+                logs,
+            };
+        }
+        match err {
+            ExecutorError::Protocol(e) => ExecutorError::Crashed {
+                reason: format!("lost the agent ({e}); {}", stderr_tail(&self.stderr)),
+                logs,
+            },
+            other => other,
+        }
+    }
+
+    fn oom_struck(&mut self) -> bool {
+        let Some(dir) = &self.memory_dir else {
+            return false;
+        };
+        let kills = self.cgroups.oom_kills(dir);
+        let struck = kills > self.oom_seen;
+        self.oom_seen = kills;
+        struck
+    }
+
+    /// Interpret the outcome of a timed agent call.
+    fn settle(
+        &mut self,
+        timeout: Duration,
+        reply: Result<Result<AgentReply, ExecutorError>, tokio::time::error::Elapsed>,
+    ) -> Result<InvokeOutput, ExecutorError> {
+        let Ok(reply) = reply else {
+            return Err(ExecutorError::Timeout { after: timeout });
+        };
+        match reply {
+            Ok(AgentReply::Done(out)) => {
+                // A child the handler started may have been OOM-killed while the
+                // handler survived; say so rather than report a bare failure.
+                if (out.error.is_some() || out.exit_code.is_some_and(|c| c != 0))
+                    && self.oom_struck()
+                {
+                    return Err(ExecutorError::OutOfMemory {
+                        limit_mb: self.memory_mb,
+                        logs: out.logs,
+                    });
+                }
+                Ok(out)
+            }
+            Ok(AgentReply::RuntimeExited { reason, logs }) => {
+                Err(self.classify(ExecutorError::Crashed { reason, logs }))
+            }
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Instance for NativeInstance {
+    fn id(&self) -> &str {
+        &self.guard.id
+    }
+
+    async fn invoke(
+        &mut self,
+        request_id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InvokeOutput, ExecutorError> {
+        let deadline_ms = unix_ms() + timeout.as_millis() as u64;
+        let call = self.conn.invoke(request_id, deadline_ms, payload);
+        let reply = tokio::time::timeout(timeout, call).await;
+        self.settle(timeout, reply)
+    }
+
+    async fn exec(
+        &mut self,
+        request_id: &str,
+        command: Vec<String>,
+        env: Vec<String>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InvokeOutput, ExecutorError> {
+        let call = self.conn.exec(request_id, command, env, stdin);
+        let reply = tokio::time::timeout(timeout, call).await;
+        self.settle(timeout, reply)
+    }
+
+    async fn destroy(mut self: Box<Self>) {
+        self.guard.destroy().await;
+    }
+}
+
+async fn wait_ready(stdout: impl AsyncRead + Unpin + Send + 'static) -> bool {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == READY_LINE {
+            // Keep draining so a chatty process never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return true;
+        }
+    }
+    false
+}
+
+async fn keep_tail(pipe: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!(target: "faas_executor::native", "sandbox: {line}");
+        let mut t = tail.lock().expect("tail lock");
+        if t.len() == STDERR_TAIL {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+}
+
+fn stderr_tail(tail: &Mutex<VecDeque<String>>) -> String {
+    let t = tail.lock().expect("tail lock");
+    if t.is_empty() {
+        return "no output".into();
+    }
+    t.iter().cloned().collect::<Vec<_>>().join(" | ")
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Delete every container in our runc state directory and every bundle directory:
+/// after a crash of the serving process these belong to no one.
+pub(super) async fn reap_leftovers(config: &NativeConfig) -> Result<usize, ExecutorError> {
+    let out = Command::new(&config.runc)
+        .arg("--root")
+        .arg(&config.state_dir)
+        .args(["list", "--quiet"])
+        .output()
+        .await
+        .map_err(ExecutorError::io("runc list"))?;
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    for id in &ids {
+        let _ = Command::new(&config.runc)
+            .arg("--root")
+            .arg(&config.state_dir)
+            .args(["delete", "--force", id])
+            .status()
+            .await;
+    }
+    let mut dirs = 0;
+    if let Ok(mut entries) = tokio::fs::read_dir(&config.instances_dir).await {
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let _ = tokio::fs::remove_dir_all(entry.path()).await;
+            dirs += 1;
+        }
+    }
+    Ok(ids.len().max(dirs))
+}

@@ -1,0 +1,137 @@
+//! The native sandbox: Linux namespaces + cgroups + seccomp through `runc`.
+//!
+//! Each instance is an OCI bundle (a `config.json` from [`spec`]) run by the
+//! real `runc` binary, whose process stays our child for the instance's life.
+//! The runtime root filesystem is shared read-only by every instance; per
+//! instance there is only a directory holding `config.json` and the agent's
+//! socket directory, owned by an [`instance::InstanceGuard`].
+
+mod cgroup;
+mod instance;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use faas_common::Language;
+use tokio::process::Command;
+
+use crate::{ExecutorError, Instance, InstanceSpec, Sandbox};
+pub use cgroup::CgroupLayout;
+use instance::NativeInstance;
+
+/// Settings of the native sandbox.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    /// The `runc` binary.
+    pub runc: PathBuf,
+    /// `runc --root`: where runc keeps container state.
+    pub state_dir: PathBuf,
+    /// Per-instance bundle directories.
+    pub instances_dir: PathBuf,
+    /// Parent cgroup of every instance (`/<parent>/<instance id>`).
+    pub cgroup_parent: String,
+    /// uid and gid functions run as inside the sandbox.
+    pub sandbox_uid: u32,
+    /// Most processes and threads one instance may have.
+    pub pids_limit: i64,
+    /// CPU time per 100 ms period, in microseconds (100000 = one CPU).
+    pub cpu_quota_us: i64,
+    /// Size of the memory-backed `/tmp`, in MiB (capped at the memory limit).
+    pub tmp_mb: u32,
+    /// Limit memory+swap too (cgroup v1 needs swap accounting for this).
+    pub swap_accounting: bool,
+    /// Run in a user namespace mapping sandbox ids 0..65536 to host ids from this base.
+    pub userns_base: Option<u32>,
+    /// How long an instance may take to start its agent.
+    pub start_timeout: Duration,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            runc: PathBuf::from("runc"),
+            state_dir: PathBuf::from("/run/faas/runc"),
+            instances_dir: PathBuf::from("/run/faas/instances"),
+            cgroup_parent: "faas".into(),
+            sandbox_uid: 1000,
+            pids_limit: 128,
+            cpu_quota_us: 100_000,
+            tmp_mb: 64,
+            swap_accounting: CgroupLayout::detect().swap_accounting(),
+            userns_base: None,
+            start_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Starts native sandbox instances.
+pub struct NativeSandbox {
+    config: NativeConfig,
+    images: HashMap<Language, PathBuf>,
+    cgroups: CgroupLayout,
+}
+
+impl NativeSandbox {
+    /// A sandbox using `images` (runtime root filesystem per language).
+    ///
+    /// Fails when `runc` is missing or the state directories cannot be made.
+    pub async fn new(
+        config: NativeConfig,
+        images: HashMap<Language, PathBuf>,
+    ) -> Result<Self, ExecutorError> {
+        let version = Command::new(&config.runc)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|e| {
+                ExecutorError::Start(format!(
+                    "cannot run {} ({e}); install it with `apt-get install runc`",
+                    config.runc.display()
+                ))
+            })?;
+        if !version.status.success() {
+            return Err(ExecutorError::Start(format!(
+                "{} --version failed",
+                config.runc.display()
+            )));
+        }
+        for dir in [&config.state_dir, &config.instances_dir] {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
+        }
+        Ok(NativeSandbox {
+            config,
+            images,
+            cgroups: CgroupLayout::detect(),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &NativeConfig {
+        &self.config
+    }
+}
+
+#[async_trait]
+impl Sandbox for NativeSandbox {
+    fn kind(&self) -> &'static str {
+        "native"
+    }
+
+    async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
+        let rootfs = self
+            .images
+            .get(&spec.language)
+            .ok_or_else(|| ExecutorError::ImageMissing(spec.language.to_string()))?;
+        let instance = NativeInstance::start(&self.config, &self.cgroups, rootfs, spec).await?;
+        Ok(Box::new(instance))
+    }
+
+    async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
+        instance::reap_leftovers(&self.config).await
+    }
+}

@@ -1,0 +1,312 @@
+//! The OCI runtime spec (`config.json`) of one native sandbox instance.
+//!
+//! Every security property of the native sandbox is decided here, in one place:
+//! namespaces, read-only root, mounts, cgroup limits, capabilities (none),
+//! no-new-privileges, seccomp, the non-root user.
+
+use std::path::Path;
+
+use oci_spec::runtime::Spec;
+use serde_json::{json, Value};
+
+use super::NativeConfig;
+use crate::{ExecutorError, GUEST_CODE_DIR, GUEST_DEPS_DIR};
+
+/// Where the agent's socket directory appears inside the sandbox.
+pub const GUEST_SOCKET_DIR: &str = "/run/faas";
+/// The agent's socket inside [`GUEST_SOCKET_DIR`].
+pub const AGENT_SOCKET: &str = "agent.sock";
+
+/// System calls functions never need; each returns EPERM. Most are also
+/// refused for lack of capabilities; seccomp is the second wall, and for some
+/// (`unshare`, `keyctl`, `ptrace`, `userfaultfd`, `io_uring_*`, `bpf`) the only one.
+pub const BLOCKED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "adjtimex",
+    "bpf",
+    "chroot",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "fanotify_init",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vhangup",
+];
+
+/// Paths hidden from the sandbox (as Docker does).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths the sandbox may read but not write.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Inputs that vary per instance.
+pub struct InstanceMounts<'a> {
+    /// Runtime root filesystem (shared, read-only).
+    pub rootfs: &'a Path,
+    /// Host directory bound at [`GUEST_SOCKET_DIR`].
+    pub socket_dir: &'a Path,
+    /// Function code, bound read-only at `/var/task`.
+    pub code_dir: Option<&'a Path>,
+    /// Dependencies, bound read-only at `/opt/faas/deps`.
+    pub deps_dir: Option<&'a Path>,
+}
+
+/// Build the spec for instance `id`.
+pub fn build(
+    config: &NativeConfig,
+    id: &str,
+    memory_mb: u32,
+    mounts: &InstanceMounts<'_>,
+) -> Result<Spec, ExecutorError> {
+    let memory = u64::from(memory_mb) * 1024 * 1024;
+    // /tmp is memory-backed and charged to the cgroup, so it can never exceed the limit.
+    let tmp_mb = config.tmp_mb.min(memory_mb);
+    let mut mount_list = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=16m"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "nodev", "mode=1777", format!("size={tmp_mb}m")]}),
+        json!({"destination": GUEST_SOCKET_DIR, "type": "bind",
+               "source": mounts.socket_dir, "options": ["rbind", "nosuid", "nodev", "noexec"]}),
+    ];
+    let ro_bind = |dest: &str, src: &Path| {
+        json!({"destination": dest, "type": "bind", "source": src,
+               "options": ["rbind", "ro", "nosuid", "nodev"]})
+    };
+    if let Some(code) = mounts.code_dir {
+        mount_list.push(ro_bind(GUEST_CODE_DIR, code));
+    }
+    if let Some(deps) = mounts.deps_dir {
+        mount_list.push(ro_bind(GUEST_DEPS_DIR, deps));
+    }
+
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "network"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    let mut linux = json!({
+        "cgroupsPath": format!("/{}/{}", config.cgroup_parent, id),
+        "resources": {
+            "devices": [{"allow": false, "access": "rwm"}],
+            "memory": memory_resources(memory, config.swap_accounting),
+            "cpu": {"quota": config.cpu_quota_us, "period": 100_000u64},
+            "pids": {"limit": config.pids_limit},
+        },
+        "maskedPaths": MASKED_PATHS,
+        "readonlyPaths": READONLY_PATHS,
+        "seccomp": seccomp(),
+    });
+    if let Some(base) = config.userns_base {
+        namespaces.push(json!({"type": "user"}));
+        linux["uidMappings"] = json!([{"containerID": 0, "hostID": base, "size": 65536}]);
+        linux["gidMappings"] = json!([{"containerID": 0, "hostID": base, "size": 65536}]);
+    }
+    linux["namespaces"] = Value::Array(namespaces);
+
+    let env: Vec<String> = crate::base_env()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": mounts.rootfs, "readonly": true},
+        "hostname": "faas",
+        "process": {
+            "terminal": false,
+            "user": {"uid": config.sandbox_uid, "gid": config.sandbox_uid},
+            "args": [
+                "/opt/faas/bin/faas-guest-agent",
+                "--listen",
+                format!("unix:{GUEST_SOCKET_DIR}/{AGENT_SOCKET}"),
+            ],
+            "env": env,
+            "cwd": "/tmp",
+            "capabilities": {"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024u64, "soft": 1024u64},
+                        {"type": "RLIMIT_CORE", "hard": 0u64, "soft": 0u64}],
+            "noNewPrivileges": true,
+        },
+        "mounts": mount_list,
+        "linux": linux,
+    });
+    serde_json::from_value(spec)
+        .map_err(|e| ExecutorError::Start(format!("invalid OCI spec: {e}")))
+}
+
+fn memory_resources(limit: u64, swap_accounting: bool) -> Value {
+    if swap_accounting {
+        // memory+swap equal to memory: the function cannot swap its way past the limit.
+        json!({"limit": limit, "swap": limit})
+    } else {
+        json!({"limit": limit})
+    }
+}
+
+fn seccomp() -> Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": BLOCKED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM as u32}],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(config: &NativeConfig) -> Spec {
+        build(
+            config,
+            "t1",
+            128,
+            &InstanceMounts {
+                rootfs: Path::new("/images/python/rootfs"),
+                socket_dir: Path::new("/run/x/sock"),
+                code_dir: Some(Path::new("/code/abc")),
+                deps_dir: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn locks_the_sandbox_down() {
+        let s = spec(&NativeConfig::default());
+        assert!(s.root().as_ref().unwrap().readonly().unwrap());
+        let p = s.process().as_ref().unwrap();
+        assert_ne!(p.user().uid(), 0, "must not run as root");
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap();
+        assert!(caps.bounding().as_ref().unwrap().is_empty());
+        assert!(caps.effective().as_ref().unwrap().is_empty());
+        let linux = s.linux().as_ref().unwrap();
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(128 * 1024 * 1024));
+        assert!(res.pids().as_ref().unwrap().limit() > 0);
+        let ns: Vec<String> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| format!("{:?}", n.typ()))
+            .collect();
+        for want in ["Pid", "Network", "Mount", "Ipc", "Uts"] {
+            assert!(ns.iter().any(|n| n == want), "{want} namespace missing: {ns:?}");
+        }
+        let sc = linux.seccomp().as_ref().unwrap();
+        let blocked = &sc.syscalls().as_ref().unwrap()[0];
+        for call in ["mount", "ptrace", "kexec_load", "bpf", "keyctl", "unshare"] {
+            assert!(blocked.names().contains(&call.to_string()), "{call} not blocked");
+        }
+    }
+
+    #[test]
+    fn tmp_never_exceeds_memory_and_code_is_read_only() {
+        let s = build(
+            &NativeConfig::default(),
+            "t2",
+            32,
+            &InstanceMounts {
+                rootfs: Path::new("/r"),
+                socket_dir: Path::new("/s"),
+                code_dir: Some(Path::new("/c")),
+                deps_dir: Some(Path::new("/d")),
+            },
+        )
+        .unwrap();
+        let mounts = s.mounts().as_ref().unwrap();
+        let tmp = mounts.iter().find(|m| m.destination() == Path::new("/tmp")).unwrap();
+        assert!(tmp.options().as_ref().unwrap().contains(&"size=32m".to_string()));
+        for dest in [GUEST_CODE_DIR, GUEST_DEPS_DIR] {
+            let m = mounts.iter().find(|m| m.destination() == Path::new(dest)).unwrap();
+            assert!(m.options().as_ref().unwrap().contains(&"ro".to_string()));
+        }
+    }
+
+    #[test]
+    fn user_namespace_maps_ids() {
+        let config = NativeConfig {
+            userns_base: Some(200_000),
+            ..NativeConfig::default()
+        };
+        let s = spec(&config);
+        let linux = s.linux().as_ref().unwrap();
+        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 200_000);
+    }
+}

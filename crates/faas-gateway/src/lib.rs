@@ -1,0 +1,259 @@
+//! The HTTP API (see `docs/api.md`).
+//!
+//! Thin on purpose: parse and bound the request, call the
+//! [`Orchestrator`], map its typed errors to a status and a JSON `{"error": ...}`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use faas_common::api::{ErrorBody, FunctionList, InvocationList};
+use faas_common::{ExecuteFunctionArgs, FunctionDefinition};
+use faas_orchestrator::{FailureKind, Orchestrator, OrchestratorError};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Largest deploy request body (base64 code included).
+pub const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Response headers of an invocation.
+pub mod headers {
+    /// Request id of the invocation.
+    pub const REQUEST_ID: &str = "x-faas-request-id";
+    /// Wall time in milliseconds.
+    pub const DURATION_MS: &str = "x-faas-duration-ms";
+    /// `true` when a new instance was started.
+    pub const COLD_START: &str = "x-faas-cold-start";
+    /// Function version that ran.
+    pub const VERSION: &str = "x-faas-version";
+}
+
+/// The API's routes over `orchestrator`.
+pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
+    let payload_limit = orchestrator.config().max_payload_bytes;
+    // base64 grows a payload by a third; bound `/execute`'s JSON accordingly.
+    let execute_limit = payload_limit / 3 * 4 + 64 * 1024;
+    Router::new()
+        .route(
+            "/functions",
+            post(deploy)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOY_BYTES))
+                .get(list),
+        )
+        .route("/functions/{id}", get(get_function).delete(delete_function))
+        .route("/functions/{id}/status", get(status))
+        .route("/functions/{id}/logs", get(logs))
+        .route(
+            "/functions/{id}/invoke",
+            post(invoke).layer(DefaultBodyLimit::max(payload_limit)),
+        )
+        .route(
+            "/execute",
+            post(execute).layer(DefaultBodyLimit::max(execute_limit)),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(orchestrator)
+}
+
+type Orch = State<Arc<Orchestrator>>;
+
+/// An error response.
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                request_id: None,
+                logs: None,
+            },
+        }
+    }
+}
+
+impl From<OrchestratorError> for ApiError {
+    fn from(e: OrchestratorError) -> Self {
+        let status = match &e {
+            OrchestratorError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            OrchestratorError::NotFound(_) => StatusCode::NOT_FOUND,
+            OrchestratorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            OrchestratorError::Invocation {
+                kind: FailureKind::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            OrchestratorError::Invocation { .. } | OrchestratorError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            OrchestratorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::warn!("{e}");
+        }
+        let mut err = ApiError::new(status, e.to_string());
+        if let OrchestratorError::Invocation {
+            request_id, logs, ..
+        } = e
+        {
+            err.body.request_id = Some(request_id);
+            err.body.logs = Some(logs);
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(&self.body)).into_response();
+        if let Some(id) = self.body.request_id.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            resp.headers_mut().insert(headers::REQUEST_ID, id);
+        }
+        resp
+    }
+}
+
+/// The body, or the reason it could not be read (413 past the route's limit).
+fn body(read: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    read.map_err(|r| {
+        let status = r.status();
+        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is larger than this endpoint accepts".to_string()
+        } else {
+            format!("cannot read request body: {}", r.body_text())
+        };
+        ApiError::new(status, msg)
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+}
+
+async fn deploy(
+    State(o): Orch,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let def: FunctionDefinition = parse_json(&body(read)?)?;
+    let info = o.deploy(def).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn list(State(o): Orch) -> Result<Json<FunctionList>, ApiError> {
+    Ok(Json(FunctionList {
+        functions: o.list().await?,
+    }))
+}
+
+async fn get_function(State(o): Orch, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(o.get(&id).await?).into_response())
+}
+
+async fn delete_function(State(o): Orch, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (id, name) = o.delete(&id).await?;
+    Ok(Json(json!({"deleted": id, "name": name})).into_response())
+}
+
+async fn status(State(o): Orch, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(o.status(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    limit: Option<usize>,
+}
+
+async fn logs(
+    State(o): Orch,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<InvocationList>, ApiError> {
+    Ok(Json(InvocationList {
+        invocations: o.logs(&id, q.limit.unwrap_or(20)).await?,
+    }))
+}
+
+async fn invoke(
+    State(o): Orch,
+    Path(id): Path<String>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let payload = body(read).map_err(|e| {
+        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                e.status,
+                format!("payload exceeds the {} byte limit", o.config().max_payload_bytes),
+            )
+        } else {
+            e
+        }
+    })?;
+    let inv = o.invoke(&id, payload.to_vec()).await?;
+    let mut resp = Response::new(Body::from(inv.body));
+    let h = resp.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(h, headers::REQUEST_ID, inv.request_id);
+    set(h, headers::DURATION_MS, format!("{:.3}", inv.duration.as_secs_f64() * 1000.0));
+    set(h, headers::COLD_START, inv.cold_start.to_string());
+    set(h, headers::VERSION, inv.version.to_string());
+    if let Ok(ct) = HeaderValue::from_str(&inv.content_type) {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(resp)
+}
+
+async fn execute(
+    State(o): Orch,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let args: ExecuteFunctionArgs = parse_json(&body(read)?)?;
+    Ok(Json(o.execute(args).await?).into_response())
+}
+
+async fn healthz(State(o): Orch) -> Result<Response, ApiError> {
+    let functions = o.list().await?.len();
+    Ok(Json(json!({
+        "status": "ok",
+        "executor": o.executor_kind(),
+        "functions": functions,
+    }))
+    .into_response())
+}
+
+async fn metrics(State(o): Orch) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        o.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,395 @@
+//! Builds and caches the runtime root filesystems function sandboxes run in.
+//!
+//! There is one image per [`Language`]: a Debian bookworm root filesystem made
+//! by `mmdebstrap --variant=essential` (plus `python3` or `nodejs`), with the
+//! guest agent, the language bootstraps and the sandbox mount points on top.
+//!
+//! Cache layout under the images directory (see [`ImageStore`]):
+//!
+//! ```text
+//! <dir>/.lock-<lang>                     flock held while building <lang>
+//! <dir>/base/<lang>-<basehash16>.tar     mmdebstrap output, keyed by the Debian recipe
+//! <dir>/<lang>-<fullhash16>/rootfs/      the image, keyed by base + bootstraps + agent
+//! <dir>/<lang>-<fullhash16>/image.json   manifest (hashes, packages, build time, size)
+//! ```
+//!
+//! A final directory only ever appears complete: it is assembled in a temporary
+//! directory next to it and renamed into place.
+
+mod builder;
+mod error;
+mod mirror;
+mod recipe;
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use faas_common::Language;
+use serde::{Deserialize, Serialize};
+
+pub use error::ImageError;
+
+use builder::Progress;
+use error::IoContext;
+use mirror::Mirrors;
+use recipe::{short, BaseRecipe, BOOTSTRAPS};
+
+/// A built runtime image, ready to be used as a sandbox root filesystem.
+#[derive(Debug, Clone)]
+pub struct RuntimeImage {
+    /// The language this image runs.
+    pub language: Language,
+    /// The root filesystem directory (`<dir>/<lang>-<hash>/rootfs`).
+    pub rootfs: PathBuf,
+    /// Short content hash (16 hex digits) naming the image; changes whenever the
+    /// Debian recipe, a bootstrap or the agent binary changes.
+    pub hash: String,
+    /// Debian packages installed on top of the essential set.
+    pub packages: Vec<String>,
+}
+
+/// The cache of runtime images in one directory (in CI: `/var/cache/faas/images`).
+///
+/// Several processes may share a directory: builds of one language are
+/// serialised with an exclusive `flock` on `<dir>/.lock-<lang>`.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    dir: PathBuf,
+}
+
+/// `image.json`, written next to each `rootfs/`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    language: Language,
+    /// Short hash, as in the directory name.
+    hash: String,
+    full_hash: String,
+    base_hash: String,
+    agent_sha256: String,
+    recipe_version: u32,
+    suite: String,
+    packages: Vec<String>,
+    /// Unix seconds.
+    built_at: u64,
+    /// Apparent size of `rootfs/` in bytes.
+    size_bytes: u64,
+}
+
+/// Everything derived from the language and agent before touching the cache.
+struct Plan {
+    lang: Language,
+    recipe: BaseRecipe,
+    base_hash: String,
+    full_hash: String,
+    agent_sha256: String,
+}
+
+impl Plan {
+    fn new(lang: Language, agent_sha256: String) -> Self {
+        let recipe = BaseRecipe::for_language(lang);
+        let base_hash = recipe.hash();
+        let full_hash = recipe::full_hash(&base_hash, &BOOTSTRAPS, &agent_sha256);
+        Plan {
+            lang,
+            recipe,
+            base_hash,
+            full_hash,
+            agent_sha256,
+        }
+    }
+
+    fn image(&self, rootfs: PathBuf) -> RuntimeImage {
+        RuntimeImage {
+            language: self.lang,
+            rootfs,
+            hash: short(&self.full_hash).to_string(),
+            packages: self.recipe.packages.clone(),
+        }
+    }
+}
+
+impl ImageStore {
+    /// A store rooted at `dir` (created on the first build).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ImageStore { dir: dir.into() }
+    }
+
+    /// The images directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The image for `lang` built from this agent binary, if it is already built
+    /// (never builds).
+    pub async fn find(
+        &self,
+        lang: Language,
+        agent: &Path,
+    ) -> Result<Option<RuntimeImage>, ImageError> {
+        let (_, agent_sha256) = read_agent(agent).await?;
+        self.load(&Plan::new(lang, agent_sha256)).await
+    }
+
+    /// Builds the image for `lang` with this agent binary, or reuses the cached one.
+    ///
+    /// `force` rebuilds both the base tarball and the image even if cached (a
+    /// replaced image directory is renamed to `.replaced-<lang>-<hash>-<random>`,
+    /// not deleted, since running sandboxes may still use it). Human-readable progress
+    /// lines, including mmdebstrap's own `I:` lines, go to `progress`.
+    pub async fn ensure(
+        &self,
+        lang: Language,
+        agent: &Path,
+        force: bool,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<RuntimeImage, ImageError> {
+        let (agent_bytes, agent_sha256) = read_agent(agent).await?;
+        let plan = Plan::new(lang, agent_sha256);
+        if !force {
+            if let Some(image) = self.load(&plan).await? {
+                report_cached(&image, progress);
+                return Ok(image);
+            }
+        }
+
+        let base_dir = self.dir.join("base");
+        tokio::fs::create_dir_all(&base_dir)
+            .await
+            .ctx(|| format!("creating {}", base_dir.display()))?;
+        let _lock = self.lock(lang, progress).await?;
+        if !force {
+            if let Some(image) = self.load(&plan).await? {
+                report_cached(&image, progress);
+                return Ok(image);
+            }
+        }
+        builder::require_root(lang)?;
+        let base_tar = self.ensure_base(&plan, force, progress).await?;
+        self.build_image(&plan, &base_tar, agent_bytes, progress)
+            .await
+    }
+
+    fn image_dir(&self, plan: &Plan) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}", plan.lang, short(&plan.full_hash)))
+    }
+
+    /// Reads the manifest of the planned image, if that image exists.
+    async fn load(&self, plan: &Plan) -> Result<Option<RuntimeImage>, ImageError> {
+        let dir = self.image_dir(plan);
+        let path = dir.join("image.json");
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io(format!("reading {}", path.display()), e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|source| ImageError::Manifest { path, source })?;
+        let mut image = plan.image(dir.join("rootfs"));
+        image.packages = manifest.packages;
+        Ok(Some(image))
+    }
+
+    /// Takes the exclusive build lock of `lang`, waiting for other builders.
+    async fn lock(&self, lang: Language, progress: Progress<'_>) -> Result<File, ImageError> {
+        let path = self.dir.join(format!(".lock-{lang}"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => {
+                return Err(ImageError::io(format!("locking {}", path.display()), e))
+            }
+        }
+        progress(&format!(
+            "{lang}: waiting for another build of this image to finish..."
+        ));
+        tokio::task::spawn_blocking(move || {
+            file.lock()
+                .ctx(|| format!("locking {}", path.display()))
+                .map(|()| file)
+        })
+        .await?
+    }
+
+    /// Returns the base tarball for the plan, running mmdebstrap if needed.
+    async fn ensure_base(
+        &self,
+        plan: &Plan,
+        force: bool,
+        progress: Progress<'_>,
+    ) -> Result<PathBuf, ImageError> {
+        let lang = plan.lang;
+        let base_dir = self.dir.join("base");
+        let tarball = base_dir.join(format!("{lang}-{}.tar", short(&plan.base_hash)));
+        if !force && tokio::fs::try_exists(&tarball).await.unwrap_or(false) {
+            progress(&format!(
+                "{lang}: reusing cached base {}",
+                tarball.display()
+            ));
+            return Ok(tarball);
+        }
+
+        let mmdebstrap = builder::find_mmdebstrap()?;
+        for hook in &plan.recipe.hook_dirs {
+            if !Path::new(hook).is_dir() {
+                return Err(ImageError::MergedUsrHookMissing(hook.into()));
+            }
+        }
+        let suite = plan.recipe.suite.clone();
+        let mirrors = tokio::task::spawn_blocking(move || Mirrors::from_host(&suite)).await?;
+        let what = if plan.recipe.packages.is_empty() {
+            "essential packages only".to_string()
+        } else {
+            plan.recipe.packages.join(", ")
+        };
+        progress(&format!(
+            "{lang}: building base root filesystem with mmdebstrap ({what}) from {} (security: {})...",
+            mirrors.main, mirrors.security
+        ));
+
+        let started = Instant::now();
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{lang}-"))
+            .tempdir_in(&base_dir)
+            .ctx(|| format!("creating a temporary directory in {}", base_dir.display()))?;
+        let out = staging.path().join("out.tar");
+        builder::run_mmdebstrap(lang, &mmdebstrap, &plan.recipe, &mirrors, &out, progress).await?;
+        let size = tokio::fs::metadata(&out)
+            .await
+            .ctx(|| format!("inspecting {}", out.display()))?
+            .len();
+        tokio::fs::rename(&out, &tarball)
+            .await
+            .ctx(|| format!("moving {} to {}", out.display(), tarball.display()))?;
+        progress(&format!(
+            "{lang}: base ready in {:.1}s ({} MiB)",
+            started.elapsed().as_secs_f64(),
+            builder::mib(size)
+        ));
+        Ok(tarball)
+    }
+
+    /// Unpacks the base, installs the layout and moves the result into place.
+    async fn build_image(
+        &self,
+        plan: &Plan,
+        base_tar: &Path,
+        agent: Vec<u8>,
+        progress: Progress<'_>,
+    ) -> Result<RuntimeImage, ImageError> {
+        let lang = plan.lang;
+        let started = Instant::now();
+        progress(&format!(
+            "{lang}: unpacking base and installing the guest agent and bootstraps..."
+        ));
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".build-{lang}-"))
+            .tempdir_in(&self.dir)
+            .ctx(|| format!("creating a temporary directory in {}", self.dir.display()))?;
+        let rootfs = staging.path().join("rootfs");
+        tokio::fs::create_dir(&rootfs)
+            .await
+            .ctx(|| format!("creating {}", rootfs.display()))?;
+        builder::extract_base(lang, base_tar, &rootfs).await?;
+
+        let manifest = Manifest {
+            language: lang,
+            hash: short(&plan.full_hash).to_string(),
+            full_hash: plan.full_hash.clone(),
+            base_hash: plan.base_hash.clone(),
+            agent_sha256: plan.agent_sha256.clone(),
+            recipe_version: recipe::RECIPE_VERSION,
+            suite: plan.recipe.suite.clone(),
+            packages: plan.recipe.packages.clone(),
+            built_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            size_bytes: 0,
+        };
+        let staging_path = staging.path().to_path_buf();
+        let manifest = tokio::task::spawn_blocking(move || {
+            builder::install_layout(&rootfs, &agent)?;
+            let manifest = Manifest {
+                size_bytes: builder::tree_size(&rootfs)?,
+                ..manifest
+            };
+            let path = staging_path.join("image.json");
+            let json =
+                serde_json::to_vec_pretty(&manifest).map_err(|source| ImageError::Manifest {
+                    path: path.clone(),
+                    source,
+                })?;
+            std::fs::write(&path, json).ctx(|| format!("writing {}", path.display()))?;
+            builder::set_mode(&path, 0o644)?;
+            builder::set_mode(&staging_path, 0o755)?;
+            Ok::<_, ImageError>(manifest)
+        })
+        .await??;
+
+        let final_dir = self.image_dir(plan);
+        if tokio::fs::try_exists(&final_dir).await.unwrap_or(false) {
+            // A fresh empty directory, which rename(2) may replace.
+            let aside = tempfile::Builder::new()
+                .prefix(&format!(".replaced-{lang}-{}-", manifest.hash))
+                .tempdir_in(&self.dir)
+                .ctx(|| format!("creating a temporary directory in {}", self.dir.display()))?
+                .keep();
+            tokio::fs::rename(&final_dir, &aside)
+                .await
+                .ctx(|| format!("moving {} aside", final_dir.display()))?;
+        }
+        tokio::fs::rename(staging.path(), &final_dir)
+            .await
+            .ctx(|| {
+                format!(
+                    "moving {} to {}",
+                    staging.path().display(),
+                    final_dir.display()
+                )
+            })?;
+        // The directory now lives at `final_dir`; make sure dropping `staging` leaves it alone.
+        let _ = staging.keep();
+
+        let image = plan.image(final_dir.join("rootfs"));
+        progress(&format!(
+            "{lang}: image ready at {} (hash {}) in {:.1}s, {} MiB",
+            image.rootfs.display(),
+            image.hash,
+            started.elapsed().as_secs_f64(),
+            builder::mib(manifest.size_bytes)
+        ));
+        tracing::info!(lang = lang.as_str(), hash = %image.hash, rootfs = %image.rootfs.display(), "runtime image built");
+        Ok(image)
+    }
+}
+
+fn report_cached(image: &RuntimeImage, progress: Progress<'_>) {
+    progress(&format!(
+        "{}: image cached at {} (hash {})",
+        image.language,
+        image.rootfs.display(),
+        image.hash
+    ));
+}
+
+/// Reads the agent binary and its sha256.
+async fn read_agent(agent: &Path) -> Result<(Vec<u8>, String), ImageError> {
+    let agent = agent.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if !agent.is_file() {
+            return Err(ImageError::AgentMissing(agent));
+        }
+        let bytes = std::fs::read(&agent).ctx(|| format!("reading {}", agent.display()))?;
+        let sha = recipe::sha256_hex(&bytes);
+        Ok((bytes, sha))
+    })
+    .await?
+}

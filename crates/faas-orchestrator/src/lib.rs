@@ -1,0 +1,541 @@
+//! Everything between the API and the sandbox.
+//!
+//! [`Orchestrator`] owns the function registry ([`store`], SQLite), the code
+//! storage ([`code`], content-addressed on disk), dependency layers ([`deps`]),
+//! the warm-instance [`pool`] and the [`metrics`]. The gateway calls it; it calls
+//! a [`faas_executor::Sandbox`].
+
+pub mod code;
+pub mod deps;
+mod error;
+pub mod metrics;
+pub mod pool;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use faas_common::api::{FunctionInfo, FunctionStatus, InvocationRecord};
+use faas_common::protocol::InitSpec;
+use faas_common::{ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig};
+use faas_executor::{ExecutorError, InstanceSpec, Sandbox, SandboxExecutor, GUEST_CODE_DIR, GUEST_DEPS_DIR};
+
+pub use error::{FailureKind, OrchestratorError};
+use metrics::{FunctionLabels, Metrics, OutcomeLabels};
+use pool::{AcquireError, Pool, PoolKey};
+use store::{FunctionVersion, Store};
+
+/// Limits and defaults.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Root of all state: `state.db`, `code/`, `deps/`.
+    pub data_dir: PathBuf,
+    /// Largest invocation payload accepted.
+    pub max_payload_bytes: usize,
+    /// How long an idle instance stays warm.
+    pub idle_timeout: Duration,
+    /// Most instances alive at once, over all functions.
+    pub max_instances: usize,
+    /// Memory limit when a deploy gives none, MiB.
+    pub default_memory_mb: u32,
+    /// Timeout when a deploy gives none, seconds.
+    pub default_timeout_sec: u32,
+    /// Limits on uploaded code.
+    pub code_limits: code::CodeLimits,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            data_dir: PathBuf::from("/var/lib/faas"),
+            max_payload_bytes: 6 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            max_instances: 32,
+            default_memory_mb: 128,
+            default_timeout_sec: 30,
+            code_limits: code::CodeLimits::default(),
+        }
+    }
+}
+
+/// Bounds on what a deploy may ask for.
+pub const MEMORY_RANGE_MB: std::ops::RangeInclusive<u32> = 32..=8192;
+/// See [`MEMORY_RANGE_MB`].
+pub const TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=900;
+
+/// A successful invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Request id.
+    pub request_id: String,
+    /// Function version that ran.
+    pub version: u32,
+    /// Response body.
+    pub body: Vec<u8>,
+    /// Its MIME type.
+    pub content_type: String,
+    /// Whether a new instance was started.
+    pub cold_start: bool,
+    /// Wall time, cold start included.
+    pub duration: Duration,
+}
+
+/// The orchestrator.
+pub struct Orchestrator {
+    config: OrchestratorConfig,
+    store: Store,
+    sandbox: Arc<dyn Sandbox>,
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    deps: deps::DepsInstaller,
+}
+
+impl Orchestrator {
+    /// Open the state in `config.data_dir` and remove instances a crashed
+    /// predecessor left behind.
+    pub async fn new(
+        config: OrchestratorConfig,
+        sandbox: Arc<dyn Sandbox>,
+    ) -> Result<Orchestrator, OrchestratorError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            OrchestratorError::Internal(format!("create {}: {e}", config.data_dir.display()))
+        })?;
+        let store = Store::open(&config.data_dir.join("state.db"))?;
+        match sandbox.reap_leftovers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("removed {n} sandbox instance(s) left by a previous run"),
+            Err(e) => tracing::warn!("could not check for leftover instances: {e}"),
+        }
+        let metrics = Arc::new(Metrics::new(sandbox.kind()));
+        let pool = Pool::new(
+            sandbox.clone(),
+            config.max_instances,
+            config.idle_timeout,
+            metrics.clone(),
+        );
+        let deps = deps::DepsInstaller::new(config.data_dir.join("deps"));
+        Ok(Orchestrator {
+            config,
+            store,
+            sandbox,
+            pool,
+            metrics,
+            deps,
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.config
+    }
+
+    /// Sandbox kind in use.
+    pub fn executor_kind(&self) -> &'static str {
+        self.sandbox.kind()
+    }
+
+    /// Validate, store and register a function (a new version if the name exists).
+    pub async fn deploy(&self, def: FunctionDefinition) -> Result<FunctionInfo, OrchestratorError> {
+        validate_name(&def.name)?;
+        let language: Language = def
+            .language
+            .parse()
+            .map_err(|e: faas_common::UnknownLanguage| OrchestratorError::BadRequest(e.to_string()))?;
+        if def.handler.trim().is_empty() {
+            return Err(OrchestratorError::BadRequest("handler is required".into()));
+        }
+        let memory_mb = def.memory_mb.unwrap_or(self.config.default_memory_mb);
+        if !MEMORY_RANGE_MB.contains(&memory_mb) {
+            return Err(OrchestratorError::BadRequest(format!(
+                "memory_mb must be between {} and {}",
+                MEMORY_RANGE_MB.start(),
+                MEMORY_RANGE_MB.end()
+            )));
+        }
+        let timeout_sec = def.timeout_sec.unwrap_or(self.config.default_timeout_sec);
+        if !TIMEOUT_RANGE_SEC.contains(&timeout_sec) {
+            return Err(OrchestratorError::BadRequest(format!(
+                "timeout_sec must be between {} and {}",
+                TIMEOUT_RANGE_SEC.start(),
+                TIMEOUT_RANGE_SEC.end()
+            )));
+        }
+        for (k, v) in &def.env {
+            validate_env(k, v)?;
+        }
+        let handler = def.handler.trim().to_string();
+        let limits = self.config.code_limits;
+        let code_root = self.config.data_dir.join("code");
+        let (b64, files) = (def.code_base64.clone(), def.files.clone());
+        let h = handler.clone();
+        // Decoding and hashing a large archive is CPU work: keep it off the async threads.
+        let code_sha = tokio::task::spawn_blocking(move || {
+            let tree = code::CodeTree::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
+            code::check_handler(&tree, language, &h)?;
+            tree.store(&code_root).map(|(sha, _)| sha)
+        })
+        .await
+        .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
+        let deps_sha = self.deps.install(language, &def.dependencies).await?;
+
+        let dependencies = def.dependencies.clone();
+        let env = def.env.clone();
+        let name = def.name.clone();
+        let record = self
+            .store
+            .add_version(def.name.clone(), move |id, version| FunctionVersion {
+                info: FunctionInfo {
+                    id: id.to_string(),
+                    name,
+                    version,
+                    language,
+                    handler,
+                    memory_mb,
+                    timeout_sec,
+                    code_sha256: code_sha,
+                    dependencies,
+                    env,
+                    created_at: now_rfc3339(),
+                },
+                deps_sha256: deps_sha,
+            })
+            .await?;
+        // Older versions' warm instances would serve stale code.
+        self.pool.retire(&record.info.id, record.info.version);
+        tracing::info!(
+            function = %record.info.name,
+            version = record.info.version,
+            "deployed"
+        );
+        Ok(record.info)
+    }
+
+    /// A function's newest version.
+    pub async fn get(&self, id_or_name: &str) -> Result<FunctionInfo, OrchestratorError> {
+        Ok(self.store.latest(id_or_name).await?.info)
+    }
+
+    /// Every function.
+    pub async fn list(&self) -> Result<Vec<FunctionInfo>, OrchestratorError> {
+        Ok(self.store.list().await?.into_iter().map(|v| v.info).collect())
+    }
+
+    /// Remove a function and stop its instances; returns (id, name).
+    pub async fn delete(&self, id_or_name: &str) -> Result<(String, String), OrchestratorError> {
+        let (id, name) = self.store.delete(id_or_name).await?;
+        self.pool.retire(&id, u32::MAX);
+        tracing::info!(function = %name, "deleted");
+        Ok((id, name))
+    }
+
+    /// Instance and invocation counts.
+    pub async fn status(&self, id_or_name: &str) -> Result<FunctionStatus, OrchestratorError> {
+        let f = self.store.latest(id_or_name).await?.info;
+        let (warm, busy) = self.pool.counts(&f.id);
+        let (invocations, failures) = self.store.counts(&f.id).await?;
+        Ok(FunctionStatus {
+            id: f.id,
+            name: f.name,
+            version: f.version,
+            warm_instances: warm,
+            busy_instances: busy,
+            invocations,
+            failures,
+        })
+    }
+
+    /// Recent invocations, newest first.
+    pub async fn logs(
+        &self,
+        id_or_name: &str,
+        limit: usize,
+    ) -> Result<Vec<InvocationRecord>, OrchestratorError> {
+        let f = self.store.latest(id_or_name).await?.info;
+        self.store.invocations(&f.id, limit.clamp(1, 200)).await
+    }
+
+    /// Invoke the newest version of a function with `payload`.
+    ///
+    /// The work runs in its own task: a caller that goes away does not cut an
+    /// invocation short, and its instance and record are settled either way.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        id_or_name: &str,
+        payload: Vec<u8>,
+    ) -> Result<Invocation, OrchestratorError> {
+        if payload.len() > self.config.max_payload_bytes {
+            return Err(OrchestratorError::TooLarge(format!(
+                "payload of {} bytes exceeds the {} byte limit",
+                payload.len(),
+                self.config.max_payload_bytes
+            )));
+        }
+        let f = self.store.latest(id_or_name).await?;
+        let this = self.clone();
+        tokio::spawn(async move { this.run(f, payload).await })
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("invocation task: {e}")))?
+    }
+
+    async fn run(&self, f: FunctionVersion, payload: Vec<u8>) -> Result<Invocation, OrchestratorError> {
+        let started = Instant::now();
+        let started_at = now_rfc3339();
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let info = &f.info;
+        let key = PoolKey {
+            function_id: info.id.clone(),
+            version: info.version,
+        };
+        let timeout = Duration::from_secs(info.timeout_sec.into());
+        let spec = || self.instance_spec(&f);
+        let lease = self.pool.acquire(&key, spec, timeout).await;
+        let (result, cold) = match lease {
+            Err(e) => (Err(self.acquire_failure(&request_id, e)), false),
+            Ok(mut lease) => {
+                let cold = lease.cold;
+                if cold {
+                    let labels = FunctionLabels {
+                        function: info.name.clone(),
+                    };
+                    self.metrics.cold_starts.get_or_create(&labels).inc();
+                    self.metrics
+                        .cold_start_duration
+                        .get_or_create(&labels)
+                        .observe(lease.start_time.as_secs_f64());
+                }
+                // The cold start counts against the timeout too: callers set one deadline.
+                let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+                let out = lease.instance().invoke(&request_id, payload, remaining).await;
+                let healthy = out.is_ok();
+                self.pool.release(lease, healthy);
+                let result = match out {
+                    Ok(out) => match out.error {
+                        None => Ok((out.body, out.content_type, out.logs)),
+                        Some(message) => Err(OrchestratorError::Invocation {
+                            request_id: request_id.clone(),
+                            kind: FailureKind::Handler,
+                            message,
+                            logs: out.logs,
+                        }),
+                    },
+                    Err(ExecutorError::Timeout { .. }) => Err(OrchestratorError::Invocation {
+                        request_id: request_id.clone(),
+                        kind: FailureKind::Timeout,
+                        message: format!("function timed out after {}s", info.timeout_sec),
+                        logs: String::new(),
+                    }),
+                    Err(e) => Err(invocation_error(&request_id, e)),
+                };
+                (result, cold)
+            }
+        };
+        let duration = started.elapsed();
+        let (outcome, error, logs) = match &result {
+            Ok((_, _, logs)) => ("success", None, logs.clone()),
+            Err(OrchestratorError::Invocation { kind, message, logs, .. }) => {
+                (kind.outcome(), Some(message.clone()), logs.clone())
+            }
+            Err(OrchestratorError::Unavailable(m)) => ("unavailable", Some(m.clone()), String::new()),
+            Err(e) => ("crash", Some(e.to_string()), String::new()),
+        };
+        self.metrics
+            .invocations
+            .get_or_create(&OutcomeLabels {
+                function: info.name.clone(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&FunctionLabels {
+                function: info.name.clone(),
+            })
+            .observe(duration.as_secs_f64());
+        let record = InvocationRecord {
+            request_id: request_id.clone(),
+            version: info.version,
+            started_at,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            outcome: outcome.into(),
+            cold_start: cold,
+            error,
+            logs,
+        };
+        if let Err(e) = self.store.record(info.id.clone(), record).await {
+            tracing::warn!("could not record invocation {request_id}: {e}");
+        }
+        let (body, content_type, _) = result?;
+        Ok(Invocation {
+            request_id,
+            version: info.version,
+            body,
+            content_type,
+            cold_start: cold,
+            duration,
+        })
+    }
+
+    fn instance_spec(&self, f: &FunctionVersion) -> InstanceSpec {
+        let info = &f.info;
+        let deps_dir = f.deps_sha256.as_ref().map(|sha| self.deps.dir(sha));
+        InstanceSpec {
+            language: info.language,
+            code_dir: Some(self.config.data_dir.join("code").join(&info.code_sha256)),
+            deps_dir: deps_dir.clone(),
+            memory_mb: info.memory_mb,
+            init: Some(InitSpec {
+                language: info.language,
+                handler: info.handler.clone(),
+                code_dir: GUEST_CODE_DIR.into(),
+                deps_dir: deps_dir.map(|_| GUEST_DEPS_DIR.to_string()),
+                function_name: info.name.clone(),
+                function_version: info.version,
+                memory_mb: info.memory_mb,
+                env: info.env.clone(),
+            }),
+        }
+    }
+
+    fn acquire_failure(&self, request_id: &str, e: AcquireError) -> OrchestratorError {
+        match e {
+            AcquireError::Saturated(n) => OrchestratorError::Unavailable(format!(
+                "all {n} instance slots are busy; retry later"
+            )),
+            AcquireError::Closed => OrchestratorError::Unavailable("server is shutting down".into()),
+            AcquireError::Start(e) => invocation_error(request_id, e),
+        }
+    }
+
+    /// `POST /execute`: run a command in a runtime image with the payload on stdin.
+    pub async fn execute(&self, args: ExecuteFunctionArgs) -> Result<InvocationResult, OrchestratorError> {
+        if args.payload.len() > self.config.max_payload_bytes {
+            return Err(OrchestratorError::TooLarge(format!(
+                "payload of {} bytes exceeds the {} byte limit",
+                args.payload.len(),
+                self.config.max_payload_bytes
+            )));
+        }
+        args.image
+            .parse::<Language>()
+            .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
+        if args.command.is_empty() {
+            return Err(OrchestratorError::BadRequest("command must not be empty".into()));
+        }
+        for kv in args.env_vars.iter().flatten() {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| OrchestratorError::BadRequest(format!("env var {kv:?} is not KEY=VALUE")))?;
+            validate_env(k, v)?;
+        }
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let config = SandboxConfig {
+            function_id: request_id.clone(),
+            source: args.image,
+            command: args.command,
+            env_vars: args.env_vars,
+            payload: args.payload,
+            memory_mb: self.config.default_memory_mb,
+            timeout_sec: self.config.default_timeout_sec,
+        };
+        match self.sandbox.execute(config).await {
+            Ok(r) => Ok(r),
+            Err(ExecutorError::BadRequest(m)) => Err(OrchestratorError::BadRequest(m)),
+            Err(ExecutorError::ImageMissing(m)) => Err(OrchestratorError::Unavailable(
+                ExecutorError::ImageMissing(m).to_string(),
+            )),
+            // The command ran (or tried to) and failed: that is a result, not a server error.
+            Err(e) => Ok(InvocationResult {
+                request_id,
+                response: None,
+                logs: e.logs().map(str::to_string),
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+
+    /// Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// Stop every instance; waits for their teardown.
+    pub async fn shutdown(&self) {
+        self.pool.shutdown().await;
+    }
+}
+
+fn invocation_error(request_id: &str, e: ExecutorError) -> OrchestratorError {
+    let kind = match &e {
+        ExecutorError::Init { .. } => FailureKind::Init,
+        ExecutorError::Timeout { .. } => FailureKind::Timeout,
+        ExecutorError::OutOfMemory { .. } => FailureKind::OutOfMemory,
+        ExecutorError::ImageMissing(_) | ExecutorError::Start(_) | ExecutorError::Io { .. } => {
+            return OrchestratorError::Internal(e.to_string())
+        }
+        _ => FailureKind::Crash,
+    };
+    let message = match &e {
+        ExecutorError::Init { error, .. } => format!("handler failed to load: {error}"),
+        other => other.to_string(),
+    };
+    OrchestratorError::Invocation {
+        request_id: request_id.to_string(),
+        kind,
+        logs: e.logs().unwrap_or_default().to_string(),
+        message,
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), OrchestratorError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok && !name.starts_with("fn-") {
+        Ok(())
+    } else {
+        Err(OrchestratorError::BadRequest(format!(
+            "invalid function name {name:?}: use 1-64 of A-Z a-z 0-9 - _ . (not starting with '.' or 'fn-')"
+        )))
+    }
+}
+
+fn validate_env(key: &str, value: &str) -> Result<(), OrchestratorError> {
+    let ok_key = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok_key {
+        return Err(OrchestratorError::BadRequest(format!(
+            "invalid environment variable name {key:?}"
+        )));
+    }
+    if value.contains('\0') {
+        return Err(OrchestratorError::BadRequest(format!(
+            "environment variable {key} contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+/// Now as RFC 3339 with second precision.
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["hello", "a.b-c_d", "X1"] {
+            validate_name(good).unwrap();
+        }
+        for bad in ["", "a/b", ".hidden", "fn-123", "with space", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

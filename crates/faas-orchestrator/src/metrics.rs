@@ -1,0 +1,121 @@
+//! Prometheus metrics (`GET /metrics`).
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-invocation series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Function name.
+    pub function: String,
+    /// `success`, `error`, `timeout`, `oom`, `crash`, `unavailable`.
+    pub outcome: String,
+}
+
+/// Labels of per-function series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    /// Function name.
+    pub function: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every metric the platform exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Invocations by function and outcome.
+    pub invocations: Family<OutcomeLabels, Counter>,
+    /// End-to-end invocation latency, seconds.
+    pub duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    /// Invocations that started a new instance.
+    pub cold_starts: Family<FunctionLabels, Counter>,
+    /// Time to start an instance and load its handler, seconds.
+    pub cold_start_duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    /// Instances alive now (idle or busy).
+    pub live_instances: Gauge,
+    /// Instances idle and ready now.
+    pub warm_instances: Gauge,
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new(executor: &str) -> Metrics {
+        let mut registry = Registry::with_prefix("faas");
+        let invocations = Family::<OutcomeLabels, Counter>::default();
+        let duration = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let cold_starts = Family::<FunctionLabels, Counter>::default();
+        let cold_start_duration =
+            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let live_instances = Gauge::default();
+        let warm_instances = Gauge::default();
+        registry.register(
+            "invocations",
+            "Invocations by function and outcome",
+            invocations.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "End-to-end invocation latency, cold starts included",
+            duration.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Invocations that had to start a new instance",
+            cold_starts.clone(),
+        );
+        registry.register(
+            "cold_start_duration_seconds",
+            "Time to start an instance and load its handler",
+            cold_start_duration.clone(),
+        );
+        registry.register(
+            "live_instances",
+            "Sandbox instances alive, idle or busy",
+            live_instances.clone(),
+        );
+        registry.register(
+            "warm_instances",
+            "Sandbox instances idle and ready",
+            warm_instances.clone(),
+        );
+        let info = Family::<ExecutorLabels, Gauge>::default();
+        info.get_or_create(&ExecutorLabels {
+            executor: executor.to_string(),
+        })
+        .set(1);
+        registry.register("executor_info", "Sandbox kind in use", info);
+        Metrics {
+            registry: Mutex::new(registry),
+            invocations,
+            duration,
+            cold_starts,
+            cold_start_duration,
+            live_instances,
+            warm_instances,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics lock");
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExecutorLabels {
+    executor: String,
+}

@@ -1,0 +1,249 @@
+//! Durable state in SQLite (WAL): functions, their versions, recent invocations.
+//!
+//! One connection behind a mutex, used from `spawn_blocking`: SQLite serialises
+//! writers anyway, and the statements here take microseconds.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use faas_common::api::{FunctionInfo, InvocationRecord};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::OrchestratorError;
+
+/// How many invocation records are kept per function.
+const KEEP_INVOCATIONS: i64 = 200;
+
+/// One version of a function as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionVersion {
+    /// Everything the API shows.
+    #[serde(flatten)]
+    pub info: FunctionInfo,
+    /// SHA-256 key of the installed dependency layer, if any.
+    pub deps_sha256: Option<String>,
+}
+
+/// Handle to the database.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Open (or create) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, OrchestratorError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS functions (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                created_at TEXT NOT NULL,
+                invocations INTEGER NOT NULL DEFAULT 0,
+                failures INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS versions (
+                function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+                version INTEGER NOT NULL,
+                spec TEXT NOT NULL,
+                PRIMARY KEY (function_id, version)
+            );
+            CREATE TABLE IF NOT EXISTS invocations (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                request_id TEXT NOT NULL,
+                function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+                record TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);",
+        )?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, OrchestratorError> + Send + 'static,
+    ) -> Result<T, OrchestratorError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().expect("store lock");
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| OrchestratorError::Internal(format!("store task: {e}")))?
+    }
+
+    /// Add a version of `name` (creating the function if needed), atomically.
+    /// `make` gets the function id and the new version number and returns the record.
+    pub async fn add_version(
+        &self,
+        name: String,
+        make: impl FnOnce(&str, u32) -> FunctionVersion + Send + 'static,
+    ) -> Result<FunctionVersion, OrchestratorError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let existing: Option<String> = tx
+                .query_row("SELECT id FROM functions WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let id = match existing {
+                Some(id) => id,
+                None => {
+                    let id = format!("fn-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+                    tx.execute(
+                        "INSERT INTO functions (id, name, created_at) VALUES (?1, ?2, ?3)",
+                        params![id, name, crate::now_rfc3339()],
+                    )?;
+                    id
+                }
+            };
+            let version: u32 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE function_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )?;
+            let record = make(&id, version);
+            tx.execute(
+                "INSERT INTO versions (function_id, version, spec) VALUES (?1, ?2, ?3)",
+                params![id, version, serde_json::to_string(&record)?],
+            )?;
+            tx.commit()?;
+            Ok(record)
+        })
+        .await
+    }
+
+    /// The newest version of the function with this id or name.
+    pub async fn latest(&self, id_or_name: &str) -> Result<FunctionVersion, OrchestratorError> {
+        let key = id_or_name.to_string();
+        self.with(move |conn| {
+            let spec: Option<String> = conn
+                .query_row(
+                    "SELECT v.spec FROM versions v JOIN functions f ON f.id = v.function_id
+                     WHERE f.id = ?1 OR f.name = ?1 ORDER BY v.version DESC LIMIT 1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match spec {
+                Some(s) => Ok(serde_json::from_str(&s)?),
+                None => Err(OrchestratorError::NotFound(key)),
+            }
+        })
+        .await
+    }
+
+    /// The newest version of every function, by name.
+    pub async fn list(&self) -> Result<Vec<FunctionVersion>, OrchestratorError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT v.spec FROM versions v JOIN functions f ON f.id = v.function_id
+                 WHERE v.version = (SELECT MAX(version) FROM versions WHERE function_id = f.id)
+                 ORDER BY f.name",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Delete a function with all its versions and records; returns (id, name).
+    pub async fn delete(&self, id_or_name: &str) -> Result<(String, String), OrchestratorError> {
+        let key = id_or_name.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let row: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT id, name FROM functions WHERE id = ?1 OR name = ?1",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((id, name)) = row else {
+                return Err(OrchestratorError::NotFound(key));
+            };
+            tx.execute("DELETE FROM functions WHERE id = ?1", [&id])?;
+            tx.commit()?;
+            Ok((id, name))
+        })
+        .await
+    }
+
+    /// Record an invocation, keeping only the newest records per function.
+    pub async fn record(
+        &self,
+        function_id: String,
+        record: InvocationRecord,
+    ) -> Result<(), OrchestratorError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            // The function may have been deleted meanwhile; then there is nothing to keep.
+            let failed = i64::from(record.outcome != "success");
+            let exists = tx.execute(
+                "UPDATE functions SET invocations = invocations + 1, failures = failures + ?2
+                 WHERE id = ?1",
+                params![function_id, failed],
+            )? == 1;
+            if exists {
+                tx.execute(
+                    "INSERT INTO invocations (request_id, function_id, record) VALUES (?1, ?2, ?3)",
+                    params![record.request_id, function_id, serde_json::to_string(&record)?],
+                )?;
+                tx.execute(
+                    "DELETE FROM invocations WHERE function_id = ?1 AND seq <=
+                     (SELECT seq FROM invocations WHERE function_id = ?1
+                      ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                    params![function_id, KEEP_INVOCATIONS],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest `limit` invocation records of a function.
+    pub async fn invocations(
+        &self,
+        function_id: &str,
+        limit: usize,
+    ) -> Result<Vec<InvocationRecord>, OrchestratorError> {
+        let id = function_id.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT record FROM invocations WHERE function_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![id, limit as i64], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// (total, failed) invocation counts of a function since it was created.
+    pub async fn counts(&self, function_id: &str) -> Result<(u64, u64), OrchestratorError> {
+        let id = function_id.to_string();
+        self.with(move |conn| {
+            Ok(conn.query_row(
+                "SELECT invocations, failures FROM functions WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+        .await
+    }
+}
