@@ -240,7 +240,7 @@ impl CodeTree {
             let name = f.name().to_string();
             let mode = f.unix_mode().unwrap_or(0o644);
             if f.is_dir() {
-                clean_path(&name)?;
+                check_dir_path(&name)?;
                 continue;
             }
             let mut data = Vec::new();
@@ -275,9 +275,7 @@ impl CodeTree {
             let kind = e.header().entry_type();
             let mode = e.header().mode().unwrap_or(0o644);
             match kind {
-                tar::EntryType::Directory => {
-                    clean_path(&name)?;
-                }
+                tar::EntryType::Directory => check_dir_path(&name)?,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let mut data = Vec::new();
                     let budget = limits.max_bytes.saturating_sub(self.total) + 1;
@@ -422,6 +420,14 @@ fn clean_path(path: &str) -> Result<String, OrchestratorError> {
         return Err(bad(format!("empty path {path:?} in code")));
     }
     Ok(parts.join("/"))
+}
+
+/// Directory entries may name the archive root (`./`); otherwise as [`clean_path`].
+fn check_dir_path(path: &str) -> Result<(), OrchestratorError> {
+    if Path::new(path).components().all(|c| c == Component::CurDir) {
+        return Ok(());
+    }
+    clean_path(path).map(|_| ())
 }
 
 /// Resolve link `target` relative to the directory of `link`; `None` if it escapes.

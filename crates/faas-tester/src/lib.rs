@@ -1,0 +1,472 @@
+//! Harness for end-to-end tests: a real `faas serve` process on a private data
+//! directory and cgroup parent, a client for its API, and a check that nothing
+//! of it (container, cgroup, mount, process, temp dir) outlives it.
+//!
+//! Prerequisites (root, `runc`, `mmdebstrap`, the built `faas` and
+//! `faas-guest-agent` binaries) are checked up front. When one is missing the
+//! test says so loudly on stderr and passes as skipped, except under CI
+//! (`CI` set), where a missing prerequisite fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+/// Sandbox kinds the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// runc-based namespaces + cgroups + seccomp.
+    Native,
+}
+
+impl Executor {
+    /// The `--executor` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Executor::Native => "native",
+        }
+    }
+}
+
+/// Generate one `#[tokio::test]` per executor for each listed `async fn(Executor)`.
+#[macro_export]
+macro_rules! executor_tests {
+    ($($name:ident),* $(,)?) => {
+        mod native {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Executor::Native).await
+                }
+            )*
+        }
+    };
+}
+
+/// Where the built binaries are: `FAAS_BIN_DIR`, else the directory above the
+/// test executable (`target/<profile>/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FAAS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// The `faas` binary.
+pub fn faas_bin() -> PathBuf {
+    bin_dir().join("faas")
+}
+
+/// Image cache shared by every test server.
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("FAAS_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/faas/images"))
+}
+
+/// `None` when everything the suite needs is here; else what is missing.
+pub fn missing_prerequisite(executor: Executor) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root (sandboxes need root)".into());
+    }
+    for bin in ["faas", "faas-guest-agent"] {
+        if !bin_dir().join(bin).is_file() {
+            return Some(format!(
+                "{bin} not built in {} (run `cargo build --workspace --bins` first)",
+                bin_dir().display()
+            ));
+        }
+    }
+    match executor {
+        Executor::Native => {
+            let runc = std::process::Command::new("runc").arg("--version").output();
+            if !runc.is_ok_and(|o| o.status.success()) {
+                return Some("runc is not installed (apt-get install runc)".into());
+            }
+        }
+    }
+    None
+}
+
+/// Skip (loudly) or, under CI, fail when a prerequisite is missing.
+/// Returns `false` when the test should return early.
+pub fn require(executor: Executor, test: &str) -> bool {
+    match missing_prerequisite(executor) {
+        None => true,
+        Some(why) if std::env::var_os("CI").is_some() => {
+            panic!("{test} [{}]: prerequisite missing under CI: {why}", executor.as_str())
+        }
+        Some(why) => {
+            // Straight to the stderr handle: the test harness captures eprintln!.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!!!!! SKIPPED {test} [{}]: {why} !!!!!!!!\n",
+                executor.as_str()
+            );
+            false
+        }
+    }
+}
+
+/// A running `faas serve`.
+pub struct TestServer {
+    /// Base URL.
+    pub url: String,
+    /// Sandbox kind.
+    pub executor: Executor,
+    data: tempfile::TempDir,
+    cgroup_parent: String,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Start a server with default limits.
+    pub async fn start(executor: Executor) -> TestServer {
+        Self::start_with(executor, &[]).await
+    }
+
+    /// Start a server with extra `faas serve` flags.
+    pub async fn start_with(executor: Executor, extra_args: &[&str]) -> TestServer {
+        let data = tempfile::Builder::new()
+            .prefix("faas-test-")
+            .tempdir()
+            .expect("temp data dir");
+        let mut server = TestServer {
+            url: String::new(),
+            executor,
+            data,
+            cgroup_parent: format!("faas-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    async fn spawn(&mut self) {
+        let port = free_port();
+        self.url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(self.data.path().join("server.log")).expect("log file");
+        let child = Command::new(faas_bin())
+            .arg("serve")
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(["--executor", self.executor.as_str()])
+            .arg("--images-dir")
+            .arg(images_dir())
+            .args(["--cgroup-parent", &self.cgroup_parent])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn faas serve");
+        self.child = Some(child);
+        // The first start may build images; allow for it.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("faas serve exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "faas serve did not come up:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Stop with SIGTERM and wait for a clean exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .expect("faas serve did not stop within 30s")
+                .expect("wait");
+            assert!(status.success(), "faas serve exited with {status}:\n{}", self.log());
+        }
+    }
+
+    /// Stop, then start again on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    /// Stop and assert that nothing of any instance remains.
+    pub async fn stop_and_check_clean(mut self) {
+        self.stop().await;
+        let leftovers = self.leftovers();
+        assert!(leftovers.is_empty(), "left behind: {leftovers:#?}\n{}", self.log());
+    }
+
+    /// Containers, bundle dirs, cgroups, mounts and processes of this server's instances.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let state = self.data.path().join("run/runc");
+        if state.is_dir() {
+            let out = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&state)
+                .args(["list", "--quiet"])
+                .output()
+                .expect("runc list");
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                found.push(format!("runc container {id}"));
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data.path().join("run/instances")) {
+            for e in entries.flatten() {
+                found.push(format!("instance dir {}", e.path().display()));
+            }
+        }
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let parent = c.path().join(&self.cgroup_parent);
+                if let Ok(children) = std::fs::read_dir(&parent) {
+                    for child in children.flatten().filter(|e| e.path().is_dir()) {
+                        found.push(format!("cgroup {}", child.path().display()));
+                    }
+                }
+            }
+        }
+        let data = self.data.path().to_string_lossy().to_string();
+        for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+            if line.contains(&data) {
+                found.push(format!("mount {line}"));
+            }
+        }
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let cgroup = std::fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();
+                if cgroup.contains(&format!("/{}/", self.cgroup_parent)) {
+                    found.push(format!("process {}", p.file_name().to_string_lossy()));
+                }
+            }
+        }
+        found
+    }
+
+    /// GET `path`, returning status and JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.url)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self.http.delete(format!("{}{path}", self.url)).send().await.expect("DELETE");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST raw bytes.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .body(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// POST JSON, returning status and JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.post_raw(path, serde_json::to_vec(body).unwrap()).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Deploy from a files map; panics unless 201.
+    pub async fn deploy(&self, name: &str, language: &str, handler: &str, files: &[(&str, &str)], extra: Value) -> Value {
+        let (status, body) = self.try_deploy(name, language, handler, files, extra).await;
+        assert_eq!(status, 201, "deploy {name}: {body}\n{}", self.log());
+        body
+    }
+
+    /// Deploy from a files map; returns status and body.
+    pub async fn try_deploy(
+        &self,
+        name: &str,
+        language: &str,
+        handler: &str,
+        files: &[(&str, &str)],
+        extra: Value,
+    ) -> (u16, Value) {
+        let files: serde_json::Map<String, Value> =
+            files.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let mut req = json!({"name": name, "language": language, "handler": handler, "files": files});
+        if let Value::Object(extra) = extra {
+            req.as_object_mut().unwrap().extend(extra);
+        }
+        self.post_json("/functions", &req).await
+    }
+
+    /// Invoke and return (status, headers, body bytes).
+    pub async fn invoke(&self, name: &str, payload: &[u8]) -> Invoked {
+        let r = self.post_raw(&format!("/functions/{name}/invoke"), payload.to_vec()).await;
+        let status = r.status().as_u16();
+        let header = |h: &str| r.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let cold = header("x-faas-cold-start");
+        let request_id = header("x-faas-request-id");
+        let content_type = header("content-type");
+        let body = r.bytes().await.expect("body").to_vec();
+        Invoked {
+            status,
+            cold_start: cold.as_deref() == Some("true"),
+            request_id,
+            content_type,
+            body,
+        }
+    }
+
+    /// Invoke with JSON and decode a JSON response; panics unless 200.
+    pub async fn invoke_json(&self, name: &str, payload: Value) -> Value {
+        let r = self.invoke(name, &serde_json::to_vec(&payload).unwrap()).await;
+        assert_eq!(r.status, 200, "invoke {name}: {}\n{}", r.text(), self.log());
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+    }
+
+    /// Run the `faas` CLI against this server.
+    pub async fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
+        use tokio::io::AsyncWriteExt;
+        let mut child = Command::new(faas_bin())
+            .args(args)
+            .env("FAAS_SERVER", &self.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn faas");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).await.unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().await.expect("faas cli");
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // A failed assertion skips stop(): still end the server (SIGTERM cleans up).
+        if let Some(child) = self.child.as_ref().and_then(|c| c.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                // SAFETY: as above; signal 0 only probes.
+                if unsafe { libc::kill(child as i32, 0) } != 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// An invocation's outcome.
+pub struct Invoked {
+    /// HTTP status.
+    pub status: u16,
+    /// `x-faas-cold-start`.
+    pub cold_start: bool,
+    /// `x-faas-request-id`.
+    pub request_id: Option<String>,
+    /// `content-type`.
+    pub content_type: Option<String>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Invoked {
+    /// Body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Body as JSON (`Null` if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// What a CLI run printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Base64 of `bytes`.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A tar.gz with raw entry names (so tests can craft `../` and absolute paths).
+pub fn tar_gz(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    let raw = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    gz.finish().unwrap()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
