@@ -169,15 +169,19 @@ impl Orchestrator {
         let code_root = self.config.data_dir.join("code");
         let (b64, files) = (def.code_base64.clone(), def.files.clone());
         let h = handler.clone();
-        // Decoding and hashing a large archive is CPU work: keep it off the async threads.
-        let code_sha = tokio::task::spawn_blocking(move || {
+        // Decoding a large archive is CPU work: keep it off the async threads.
+        let tree = tokio::task::spawn_blocking(move || {
             let tree = code::CodeTree::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
             code::check_handler(&tree, language, &h)?;
-            tree.store(&code_root).map(|(sha, _)| sha)
+            Ok::<_, OrchestratorError>(tree)
         })
         .await
         .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
+        // Dependencies before anything is stored: a failed install leaves no trace.
         let deps_sha = self.deps.install(language, &def.dependencies).await?;
+        let code_sha = tokio::task::spawn_blocking(move || tree.store(&code_root).map(|(sha, _)| sha))
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
 
         let dependencies = def.dependencies.clone();
         let env = def.env.clone();

@@ -218,6 +218,19 @@ impl TestServer {
         }
     }
 
+    /// SIGKILL the server, as a crash would: no cleanup runs.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            // Reap it so it is really gone before the caller looks around.
+            if let Some(pid) = child.id() {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+            }
+        }
+    }
+
     /// Stop, then start again on the same data directory.
     pub async fn restart(&mut self) {
         self.stop().await;
