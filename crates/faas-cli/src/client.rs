@@ -9,7 +9,12 @@ use reqwest::{Method, RequestBuilder, Response};
 #[derive(Args, Clone)]
 pub struct ServerArgs {
     /// Base URL of the FaaS server.
-    #[arg(long, env = "FAAS_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "FAAS_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub server: String,
     /// Print JSON instead of human output.
     #[arg(long, global = true)]

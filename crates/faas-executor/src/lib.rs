@@ -125,7 +125,9 @@ impl<S: Sandbox + ?Sized> SandboxExecutor for S {
             .parse()
             .map_err(|e: faas_common::UnknownLanguage| ExecutorError::BadRequest(e.to_string()))?;
         if config.command.is_empty() {
-            return Err(ExecutorError::BadRequest("command must not be empty".into()));
+            return Err(ExecutorError::BadRequest(
+                "command must not be empty".into(),
+            ));
         }
         let mut instance = self
             .start(InstanceSpec {

@@ -117,7 +117,12 @@ impl From<OrchestratorError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(&self.body)).into_response();
-        if let Some(id) = self.body.request_id.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        if let Some(id) = self
+            .body
+            .request_id
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
             resp.headers_mut().insert(headers::REQUEST_ID, id);
         }
         resp
@@ -142,10 +147,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
 }
 
-async fn deploy(
-    State(o): Orch,
-    read: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+async fn deploy(State(o): Orch, read: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let def: FunctionDefinition = parse_json(&body(read)?)?;
     let info = o.deploy(def).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
@@ -194,7 +196,10 @@ async fn invoke(
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 e.status,
-                format!("payload exceeds the {} byte limit", o.config().max_payload_bytes),
+                format!(
+                    "payload exceeds the {} byte limit",
+                    o.config().max_payload_bytes
+                ),
             )
         } else {
             e
@@ -209,7 +214,11 @@ async fn invoke(
         }
     };
     set(h, headers::REQUEST_ID, inv.request_id);
-    set(h, headers::DURATION_MS, format!("{:.3}", inv.duration.as_secs_f64() * 1000.0));
+    set(
+        h,
+        headers::DURATION_MS,
+        format!("{:.3}", inv.duration.as_secs_f64() * 1000.0),
+    );
     set(h, headers::COLD_START, inv.cold_start.to_string());
     set(h, headers::VERSION, inv.version.to_string());
     if let Ok(ct) = HeaderValue::from_str(&inv.content_type) {
@@ -248,7 +257,10 @@ async fn metrics(State(o): Orch) -> Response {
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -38,21 +38,32 @@ fn main() -> ExitCode {
 }
 
 fn parse_listen(args: &[String]) -> Result<String, String> {
-    let mut it = args.iter().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--listen" => {
-                let v = it.next().ok_or("--listen needs a value")?;
-                return v
-                    .strip_prefix("unix:")
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("unsupported listen address {v:?} (use unix:PATH)"));
-            }
-            "--help" | "-h" => {
-                return Err("usage: faas-guest-agent --listen unix:PATH".into());
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
+    const USAGE: &str = "usage: faas-guest-agent --listen unix:PATH";
+    match args.get(1..) {
+        Some([flag, value]) if flag == "--listen" => value
+            .strip_prefix("unix:")
+            .map(str::to_string)
+            .ok_or_else(|| format!("unsupported listen address {value:?} (use unix:PATH)")),
+        _ => Err(USAGE.into()),
     }
-    Err("usage: faas-guest-agent --listen unix:PATH".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn listen_address() {
+        assert_eq!(
+            parse_listen(&args(&["agent", "--listen", "unix:/run/faas/agent.sock"])),
+            Ok("/run/faas/agent.sock".into())
+        );
+        assert!(parse_listen(&args(&["agent", "--listen", "tcp:1"])).is_err());
+        assert!(parse_listen(&args(&["agent"])).is_err());
+        assert!(parse_listen(&args(&["agent", "--listen"])).is_err());
+    }
 }

@@ -90,7 +90,10 @@ impl Runtime {
             Language::Shell => {
                 let script = format!("{}/{}", spec.code_dir, spec.handler);
                 if std::fs::metadata(&script).is_err() {
-                    return (None, ready(Some(format!("handler {script} not found")), String::new()));
+                    return (
+                        None,
+                        ready(Some(format!("handler {script} not found")), String::new()),
+                    );
                 }
                 (Some(Runtime::Shell(spec)), ready(None, String::new()))
             }
@@ -243,7 +246,10 @@ fn function_env(spec: &InitSpec) -> BTreeMap<String, String> {
         env.entry(k.into()).or_insert(v);
     }
     env.insert("FAAS_FUNCTION_NAME".into(), spec.function_name.clone());
-    env.insert("FAAS_FUNCTION_VERSION".into(), spec.function_version.to_string());
+    env.insert(
+        "FAAS_FUNCTION_VERSION".into(),
+        spec.function_version.to_string(),
+    );
     env.insert("FAAS_MEMORY_MB".into(), spec.memory_mb.to_string());
     env.insert("FAAS_CODE_DIR".into(), spec.code_dir.clone());
     env
@@ -423,7 +429,10 @@ impl Bootstrap {
         match reply {
             Ok((hdr, body)) => {
                 let logs = self.logs.take_until(&marker(request_id), MARKER_WAIT);
-                let error = hdr.get("error").and_then(|e| e.as_str()).map(str::to_string);
+                let error = hdr
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string);
                 Outcome {
                     failure: error.as_ref().map(|_| FailureKind::Handler),
                     error,

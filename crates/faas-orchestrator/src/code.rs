@@ -208,11 +208,14 @@ impl CodeTree {
     fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), OrchestratorError> {
         let path = clean_path(path)?;
         if target.starts_with('/') {
-            return Err(bad(format!("archive link {path} points to an absolute path")));
+            return Err(bad(format!(
+                "archive link {path} points to an absolute path"
+            )));
         }
         resolve(&path, target)
             .ok_or_else(|| bad(format!("archive link {path} points outside the code tree")))?;
-        self.entries.insert(path, Entry::Symlink(target.to_string()));
+        self.entries
+            .insert(path, Entry::Symlink(target.to_string()));
         Ok(())
     }
 
@@ -225,7 +228,10 @@ impl CodeTree {
             )));
         }
         if self.entries.len() >= limits.max_files {
-            return Err(bad(format!("code has more than {} files", limits.max_files)));
+            return Err(bad(format!(
+                "code has more than {} files",
+                limits.max_files
+            )));
         }
         Ok(())
     }
@@ -257,7 +263,11 @@ impl CodeTree {
                     self.add_symlink(&name, &target)?;
                 }
                 0 | 0o100000 => self.add_file(&name, data, mode & 0o111 != 0, limits)?,
-                _ => return Err(bad(format!("zip entry {name} is not a file, link or directory"))),
+                _ => {
+                    return Err(bad(format!(
+                        "zip entry {name} is not a file, link or directory"
+                    )))
+                }
             }
         }
         Ok(())
@@ -295,11 +305,15 @@ impl CodeTree {
                     self.add_symlink(&name, &target)?;
                 }
                 tar::EntryType::Link => {
-                    return Err(bad(format!("tar entry {name} is a hard link; not supported")))
+                    return Err(bad(format!(
+                        "tar entry {name} is a hard link; not supported"
+                    )))
                 }
                 tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
                 other => {
-                    return Err(bad(format!("tar entry {name} has unsupported type {other:?}")))
+                    return Err(bad(format!(
+                        "tar entry {name} has unsupported type {other:?}"
+                    )))
                 }
             }
         }
@@ -317,7 +331,9 @@ impl CodeTree {
                     .keys()
                     .any(|k| k.starts_with(&format!("{resolved}/")));
                 if !self.entries.contains_key(&resolved) && !is_dir && !resolved.is_empty() {
-                    return Err(bad(format!("link {path} points to {resolved}, which is not in the code")));
+                    return Err(bad(format!(
+                        "link {path} points to {resolved}, which is not in the code"
+                    )));
                 }
             }
         }
@@ -331,7 +347,11 @@ fn single_file_name(language: Language, handler: &str) -> Result<String, Orchest
         Language::Shell => Ok(handler.to_string()),
         Language::Python | Language::Node => {
             let (module, _) = split_handler(handler)?;
-            let ext = if language == Language::Python { "py" } else { "js" };
+            let ext = if language == Language::Python {
+                "py"
+            } else {
+                "js"
+            };
             Ok(format!("{}.{ext}", module.replace('.', "/")))
         }
     }
@@ -339,27 +359,38 @@ fn single_file_name(language: Language, handler: &str) -> Result<String, Orchest
 
 /// `pkg.module.func` -> (`pkg.module`, `func`).
 pub fn split_handler(handler: &str) -> Result<(&str, &str), OrchestratorError> {
-    let (module, func) = handler
-        .rsplit_once('.')
-        .ok_or_else(|| bad(format!("handler {handler:?} must look like module.function")))?;
+    let (module, func) = handler.rsplit_once('.').ok_or_else(|| {
+        bad(format!(
+            "handler {handler:?} must look like module.function"
+        ))
+    })?;
     let ident = |s: &str| {
         !s.is_empty()
             && !s.starts_with(|c: char| c.is_ascii_digit())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
     };
     if !module.split('.').all(ident) || !ident(func) {
-        return Err(bad(format!("handler {handler:?} must look like module.function")));
+        return Err(bad(format!(
+            "handler {handler:?} must look like module.function"
+        )));
     }
     Ok((module, func))
 }
 
 /// Check that the handler exists in the tree; returns nothing, errs with a clear reason.
-pub fn check_handler(tree: &CodeTree, language: Language, handler: &str) -> Result<(), OrchestratorError> {
+pub fn check_handler(
+    tree: &CodeTree,
+    language: Language,
+    handler: &str,
+) -> Result<(), OrchestratorError> {
     match language {
         Language::Shell => {
             let path = clean_path(handler)?;
             if !tree.contains_file(&path) {
-                return Err(bad(format!("handler script {handler:?} is not in the code")));
+                return Err(bad(format!(
+                    "handler script {handler:?} is not in the code"
+                )));
             }
         }
         Language::Python | Language::Node => {
@@ -377,12 +408,19 @@ pub fn check_handler(tree: &CodeTree, language: Language, handler: &str) -> Resu
             let source = candidates
                 .iter()
                 .find_map(|c| tree.file(c))
-                .ok_or_else(|| bad(format!("handler module not found: expected {}", candidates.join(" or "))))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "handler module not found: expected {}",
+                        candidates.join(" or ")
+                    ))
+                })?;
             // A cheap static check: the function's name must appear in its module.
             // It cannot prove the function exists, but it catches typos before any sandbox runs.
             let text = String::from_utf8_lossy(source);
             if !contains_word(&text, func) {
-                return Err(bad(format!("handler function {func:?} is not defined in module {module:?}")));
+                return Err(bad(format!(
+                    "handler function {func:?} is not defined in module {module:?}"
+                )));
             }
         }
     }
@@ -409,7 +447,9 @@ fn clean_path(path: &str) -> Result<String, OrchestratorError> {
             Component::Normal(p) => parts.push(p.to_str().expect("from &str").to_string()),
             Component::CurDir => {}
             Component::ParentDir => {
-                return Err(bad(format!("path {path:?} in code escapes its directory (..)")))
+                return Err(bad(format!(
+                    "path {path:?} in code escapes its directory (..)"
+                )))
             }
             Component::RootDir | Component::Prefix(_) => {
                 return Err(bad(format!("path {path:?} in code is absolute")))
@@ -479,24 +519,43 @@ mod tests {
         gz.finish().unwrap()
     }
 
-    fn raw_tar_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: Option<&str>) {
+    fn raw_tar_entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &str,
+        kind: tar::EntryType,
+        link: Option<&str>,
+    ) {
         let mut h = tar::Header::new_gnu();
         // Write the name bytes directly: the safe setters refuse `..`, which is the point here.
         let gnu = h.as_gnu_mut().unwrap();
         gnu.name[..name.len()].copy_from_slice(name.as_bytes());
         h.set_entry_type(kind);
-        h.set_size(if kind == tar::EntryType::Regular { 2 } else { 0 });
+        h.set_size(if kind == tar::EntryType::Regular {
+            2
+        } else {
+            0
+        });
         h.set_mode(0o644);
         if let Some(l) = link {
             h.set_link_name(l).unwrap();
         }
         h.set_cksum();
-        let data: &[u8] = if kind == tar::EntryType::Regular { b"hi" } else { b"" };
+        let data: &[u8] = if kind == tar::EntryType::Regular {
+            b"hi"
+        } else {
+            b""
+        };
         b.append(&h, data).unwrap();
     }
 
     fn from_b64(bytes: &[u8]) -> Result<CodeTree, OrchestratorError> {
-        CodeTree::from_request(Some(&b64(bytes)), None, Language::Python, "main.handler", CodeLimits::default())
+        CodeTree::from_request(
+            Some(&b64(bytes)),
+            None,
+            Language::Python,
+            "main.handler",
+            CodeLimits::default(),
+        )
     }
 
     #[test]
@@ -519,7 +578,10 @@ mod tests {
         ] {
             let gz = tar_gz(|b| raw_tar_entry(b, name, kind, link));
             let err = from_b64(&gz).unwrap_err();
-            assert!(matches!(err, OrchestratorError::BadRequest(_)), "{name}: {err}");
+            assert!(
+                matches!(err, OrchestratorError::BadRequest(_)),
+                "{name}: {err}"
+            );
         }
     }
 
@@ -543,7 +605,8 @@ mod tests {
         let mut buf = std::io::Cursor::new(Vec::new());
         {
             let mut z = zip::ZipWriter::new(&mut buf);
-            z.start_file("../../evil.py", zip::write::SimpleFileOptions::default()).unwrap();
+            z.start_file("../../evil.py", zip::write::SimpleFileOptions::default())
+                .unwrap();
             z.write_all(b"x").unwrap();
             z.finish().unwrap();
         }
@@ -552,27 +615,65 @@ mod tests {
         let mut buf = std::io::Cursor::new(Vec::new());
         {
             let mut z = zip::ZipWriter::new(&mut buf);
-            z.start_file("main.py", zip::write::SimpleFileOptions::default()).unwrap();
+            z.start_file("main.py", zip::write::SimpleFileOptions::default())
+                .unwrap();
             z.write_all(&vec![b'#'; 4096]).unwrap();
             z.finish().unwrap();
         }
-        let small = CodeLimits { max_bytes: 1000, max_files: 10 };
-        let err = CodeTree::from_request(Some(&b64(buf.get_ref())), None, Language::Python, "main.handler", small)
-            .unwrap_err();
+        let small = CodeLimits {
+            max_bytes: 1000,
+            max_files: 10,
+        };
+        let err = CodeTree::from_request(
+            Some(&b64(buf.get_ref())),
+            None,
+            Language::Python,
+            "main.handler",
+            small,
+        )
+        .unwrap_err();
         assert!(matches!(err, OrchestratorError::TooLarge(_)));
     }
 
     #[test]
     fn files_map_and_conflicts() {
-        let files = BTreeMap::from([("index.js".to_string(), "exports.handler = async () => 1".to_string())]);
-        let t = CodeTree::from_request(None, Some(&files), Language::Node, "index.handler", CodeLimits::default())
-            .unwrap();
+        let files = BTreeMap::from([(
+            "index.js".to_string(),
+            "exports.handler = async () => 1".to_string(),
+        )]);
+        let t = CodeTree::from_request(
+            None,
+            Some(&files),
+            Language::Node,
+            "index.handler",
+            CodeLimits::default(),
+        )
+        .unwrap();
         check_handler(&t, Language::Node, "index.handler").unwrap();
-        assert!(CodeTree::from_request(Some("aGk="), Some(&files), Language::Node, "index.handler", CodeLimits::default())
-            .is_err());
-        assert!(CodeTree::from_request(None, None, Language::Node, "index.handler", CodeLimits::default()).is_err());
-        assert!(CodeTree::from_request(Some("!!!"), None, Language::Node, "index.handler", CodeLimits::default())
-            .is_err());
+        assert!(CodeTree::from_request(
+            Some("aGk="),
+            Some(&files),
+            Language::Node,
+            "index.handler",
+            CodeLimits::default()
+        )
+        .is_err());
+        assert!(CodeTree::from_request(
+            None,
+            None,
+            Language::Node,
+            "index.handler",
+            CodeLimits::default()
+        )
+        .is_err());
+        assert!(CodeTree::from_request(
+            Some("!!!"),
+            None,
+            Language::Node,
+            "index.handler",
+            CodeLimits::default()
+        )
+        .is_err());
     }
 
     #[test]

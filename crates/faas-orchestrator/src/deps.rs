@@ -115,7 +115,8 @@ impl Drop for TempDir {
 
 fn tempdir_in(root: &Path) -> Result<TempDir, OrchestratorError> {
     let p = root.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir(&p).map_err(|e| OrchestratorError::Internal(format!("create deps temp dir: {e}")))?;
+    std::fs::create_dir(&p)
+        .map_err(|e| OrchestratorError::Internal(format!("create deps temp dir: {e}")))?;
     Ok(TempDir(Some(p)))
 }
 
@@ -150,20 +151,37 @@ fn validate(language: Language, deps: &[String]) -> Result<(), OrchestratorError
             && !d.starts_with('-')
             && !d.chars().any(|c| c.is_whitespace() || c.is_control());
         if !ok {
-            return Err(OrchestratorError::BadRequest(format!("invalid dependency {d:?}")));
+            return Err(OrchestratorError::BadRequest(format!(
+                "invalid dependency {d:?}"
+            )));
         }
     }
     Ok(())
 }
 
-async fn run_installer(language: Language, deps: &[String], target: &Path) -> Result<(), OrchestratorError> {
+async fn run_installer(
+    language: Language,
+    deps: &[String],
+    target: &Path,
+) -> Result<(), OrchestratorError> {
     let mut cmd = match language {
         Language::Python => {
             let mut c = Command::new("python3");
-            c.args(["-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check"])
-                .args(["--no-input", "--only-binary=:all:", "--implementation", "cp"])
-                .args(["--python-version", PYTHON_VERSION, "--target"])
-                .arg(target);
+            c.args([
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+            ])
+            .args([
+                "--no-input",
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+            ])
+            .args(["--python-version", PYTHON_VERSION, "--target"])
+            .arg(target);
             for p in PYTHON_PLATFORMS {
                 c.args(["--platform", p]);
             }
@@ -172,11 +190,17 @@ async fn run_installer(language: Language, deps: &[String], target: &Path) -> Re
         }
         Language::Node => {
             let mut c = Command::new("npm");
-            c.args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--omit=dev"])
-                .args(["--no-package-lock", "--prefix"])
-                .arg(target)
-                .arg("--")
-                .args(deps);
+            c.args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                "--omit=dev",
+            ])
+            .args(["--no-package-lock", "--prefix"])
+            .arg(target)
+            .arg("--")
+            .args(deps);
             c
         }
         Language::Shell => unreachable!("validated"),
@@ -185,13 +209,21 @@ async fn run_installer(language: Language, deps: &[String], target: &Path) -> Re
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let tool = if language == Language::Python { "pip" } else { "npm" };
+    let tool = if language == Language::Python {
+        "pip"
+    } else {
+        "npm"
+    };
     let child = cmd.spawn().map_err(|e| {
         OrchestratorError::Internal(format!("cannot run {tool} to install dependencies: {e}"))
     })?;
     let out = tokio::time::timeout(INSTALL_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| OrchestratorError::BadRequest(format!("dependency install took longer than {INSTALL_TIMEOUT:?}")))?
+        .map_err(|_| {
+            OrchestratorError::BadRequest(format!(
+                "dependency install took longer than {INSTALL_TIMEOUT:?}"
+            ))
+        })?
         .map_err(|e| OrchestratorError::Internal(format!("{tool}: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -18,8 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use faas_common::api::{FunctionInfo, FunctionStatus, InvocationRecord};
 use faas_common::protocol::InitSpec;
-use faas_common::{ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig};
-use faas_executor::{ExecutorError, InstanceSpec, Sandbox, SandboxExecutor, GUEST_CODE_DIR, GUEST_DEPS_DIR};
+use faas_common::{
+    ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig,
+};
+use faas_executor::{
+    ExecutorError, InstanceSpec, Sandbox, SandboxExecutor, GUEST_CODE_DIR, GUEST_DEPS_DIR,
+};
 
 pub use error::{FailureKind, OrchestratorError};
 use metrics::{FunctionLabels, Metrics, OutcomeLabels};
@@ -138,10 +142,12 @@ impl Orchestrator {
     /// Validate, store and register a function (a new version if the name exists).
     pub async fn deploy(&self, def: FunctionDefinition) -> Result<FunctionInfo, OrchestratorError> {
         validate_name(&def.name)?;
-        let language: Language = def
-            .language
-            .parse()
-            .map_err(|e: faas_common::UnknownLanguage| OrchestratorError::BadRequest(e.to_string()))?;
+        let language: Language =
+            def.language
+                .parse()
+                .map_err(|e: faas_common::UnknownLanguage| {
+                    OrchestratorError::BadRequest(e.to_string())
+                })?;
         if def.handler.trim().is_empty() {
             return Err(OrchestratorError::BadRequest("handler is required".into()));
         }
@@ -171,7 +177,8 @@ impl Orchestrator {
         let h = handler.clone();
         // Decoding a large archive is CPU work: keep it off the async threads.
         let tree = tokio::task::spawn_blocking(move || {
-            let tree = code::CodeTree::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
+            let tree =
+                code::CodeTree::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
             code::check_handler(&tree, language, &h)?;
             Ok::<_, OrchestratorError>(tree)
         })
@@ -179,9 +186,10 @@ impl Orchestrator {
         .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
         // Dependencies before anything is stored: a failed install leaves no trace.
         let deps_sha = self.deps.install(language, &def.dependencies).await?;
-        let code_sha = tokio::task::spawn_blocking(move || tree.store(&code_root).map(|(sha, _)| sha))
-            .await
-            .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
+        let code_sha =
+            tokio::task::spawn_blocking(move || tree.store(&code_root).map(|(sha, _)| sha))
+                .await
+                .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
 
         let dependencies = def.dependencies.clone();
         let env = def.env.clone();
@@ -222,7 +230,13 @@ impl Orchestrator {
 
     /// Every function.
     pub async fn list(&self) -> Result<Vec<FunctionInfo>, OrchestratorError> {
-        Ok(self.store.list().await?.into_iter().map(|v| v.info).collect())
+        Ok(self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .map(|v| v.info)
+            .collect())
     }
 
     /// Remove a function and stop its instances; returns (id, name).
@@ -282,7 +296,11 @@ impl Orchestrator {
             .map_err(|e| OrchestratorError::Internal(format!("invocation task: {e}")))?
     }
 
-    async fn run(&self, f: FunctionVersion, payload: Vec<u8>) -> Result<Invocation, OrchestratorError> {
+    async fn run(
+        &self,
+        f: FunctionVersion,
+        payload: Vec<u8>,
+    ) -> Result<Invocation, OrchestratorError> {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let request_id = uuid::Uuid::new_v4().to_string();
@@ -309,8 +327,13 @@ impl Orchestrator {
                         .observe(lease.start_time.as_secs_f64());
                 }
                 // The cold start counts against the timeout too: callers set one deadline.
-                let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-                let out = lease.instance().invoke(&request_id, payload, remaining).await;
+                let remaining = timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
+                let out = lease
+                    .instance()
+                    .invoke(&request_id, payload, remaining)
+                    .await;
                 let healthy = out.is_ok();
                 self.pool.release(lease, healthy);
                 let result = match out {
@@ -337,10 +360,15 @@ impl Orchestrator {
         let duration = started.elapsed();
         let (outcome, error, logs) = match &result {
             Ok((_, _, logs)) => ("success", None, logs.clone()),
-            Err(OrchestratorError::Invocation { kind, message, logs, .. }) => {
-                (kind.outcome(), Some(message.clone()), logs.clone())
+            Err(OrchestratorError::Invocation {
+                kind,
+                message,
+                logs,
+                ..
+            }) => (kind.outcome(), Some(message.clone()), logs.clone()),
+            Err(OrchestratorError::Unavailable(m)) => {
+                ("unavailable", Some(m.clone()), String::new())
             }
-            Err(OrchestratorError::Unavailable(m)) => ("unavailable", Some(m.clone()), String::new()),
             Err(e) => ("crash", Some(e.to_string()), String::new()),
         };
         self.metrics
@@ -406,13 +434,18 @@ impl Orchestrator {
             AcquireError::Saturated(n) => OrchestratorError::Unavailable(format!(
                 "all {n} instance slots are busy; retry later"
             )),
-            AcquireError::Closed => OrchestratorError::Unavailable("server is shutting down".into()),
+            AcquireError::Closed => {
+                OrchestratorError::Unavailable("server is shutting down".into())
+            }
             AcquireError::Start(e) => invocation_error(request_id, e),
         }
     }
 
     /// `POST /execute`: run a command in a runtime image with the payload on stdin.
-    pub async fn execute(&self, args: ExecuteFunctionArgs) -> Result<InvocationResult, OrchestratorError> {
+    pub async fn execute(
+        &self,
+        args: ExecuteFunctionArgs,
+    ) -> Result<InvocationResult, OrchestratorError> {
         if args.payload.len() > self.config.max_payload_bytes {
             return Err(OrchestratorError::TooLarge(format!(
                 "payload of {} bytes exceeds the {} byte limit",
@@ -424,12 +457,14 @@ impl Orchestrator {
             .parse::<Language>()
             .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
         if args.command.is_empty() {
-            return Err(OrchestratorError::BadRequest("command must not be empty".into()));
+            return Err(OrchestratorError::BadRequest(
+                "command must not be empty".into(),
+            ));
         }
         for kv in args.env_vars.iter().flatten() {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| OrchestratorError::BadRequest(format!("env var {kv:?} is not KEY=VALUE")))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                OrchestratorError::BadRequest(format!("env var {kv:?} is not KEY=VALUE"))
+            })?;
             validate_env(k, v)?;
         }
         let request_id = uuid::Uuid::new_v4().to_string();
@@ -538,7 +573,14 @@ mod tests {
         for good in ["hello", "a.b-c_d", "X1"] {
             validate_name(good).unwrap();
         }
-        for bad in ["", "a/b", ".hidden", "fn-123", "with space", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            ".hidden",
+            "fn-123",
+            "with space",
+            &"x".repeat(65),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -198,7 +198,11 @@ impl Store {
             if exists {
                 tx.execute(
                     "INSERT INTO invocations (request_id, function_id, record) VALUES (?1, ?2, ?3)",
-                    params![record.request_id, function_id, serde_json::to_string(&record)?],
+                    params![
+                        record.request_id,
+                        function_id,
+                        serde_json::to_string(&record)?
+                    ],
                 )?;
                 tx.execute(
                     "DELETE FROM invocations WHERE function_id = ?1 AND seq <=

@@ -102,7 +102,10 @@ pub fn require(executor: Executor, test: &str) -> bool {
     match missing_prerequisite(executor) {
         None => true,
         Some(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test} [{}]: prerequisite missing under CI: {why}", executor.as_str())
+            panic!(
+                "{test} [{}]: prerequisite missing under CI: {why}",
+                executor.as_str()
+            )
         }
         Some(why) => {
             // Straight to the stderr handle: the test harness captures eprintln!.
@@ -146,13 +149,21 @@ impl TestServer {
             url: String::new(),
             executor,
             data,
-            cgroup_parent: format!("faas-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            cgroup_parent: format!(
+                "faas-test-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             http: reqwest::Client::new(),
         };
         server.spawn().await;
         server
+    }
+
+    /// The cgroup under which this server's instances live.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     /// The server's data directory.
@@ -193,7 +204,11 @@ impl TestServer {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("faas serve exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "faas serve did not come up:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "faas serve did not come up:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -214,7 +229,11 @@ impl TestServer {
                 .await
                 .expect("faas serve did not stop within 30s")
                 .expect("wait");
-            assert!(status.success(), "faas serve exited with {status}:\n{}", self.log());
+            assert!(
+                status.success(),
+                "faas serve exited with {status}:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -241,7 +260,11 @@ impl TestServer {
     pub async fn stop_and_check_clean(mut self) {
         self.stop().await;
         let leftovers = self.leftovers();
-        assert!(leftovers.is_empty(), "left behind: {leftovers:#?}\n{}", self.log());
+        assert!(
+            leftovers.is_empty(),
+            "left behind: {leftovers:#?}\n{}",
+            self.log()
+        );
     }
 
     /// Containers, bundle dirs, cgroups, mounts and processes of this server's instances.
@@ -275,7 +298,10 @@ impl TestServer {
             }
         }
         let data = self.data.path().to_string_lossy().to_string();
-        for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+        for line in std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+        {
             if line.contains(&data) {
                 found.push(format!("mount {line}"));
             }
@@ -293,14 +319,24 @@ impl TestServer {
 
     /// GET `path`, returning status and JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.url)).send().await.expect("GET");
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// DELETE `path`.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let r = self.http.delete(format!("{}{path}", self.url)).send().await.expect("DELETE");
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("DELETE");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -323,7 +359,14 @@ impl TestServer {
     }
 
     /// Deploy from a files map; panics unless 201.
-    pub async fn deploy(&self, name: &str, language: &str, handler: &str, files: &[(&str, &str)], extra: Value) -> Value {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        language: &str,
+        handler: &str,
+        files: &[(&str, &str)],
+        extra: Value,
+    ) -> Value {
         let (status, body) = self.try_deploy(name, language, handler, files, extra).await;
         assert_eq!(status, 201, "deploy {name}: {body}\n{}", self.log());
         body
@@ -338,9 +381,12 @@ impl TestServer {
         files: &[(&str, &str)],
         extra: Value,
     ) -> (u16, Value) {
-        let files: serde_json::Map<String, Value> =
-            files.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-        let mut req = json!({"name": name, "language": language, "handler": handler, "files": files});
+        let files: serde_json::Map<String, Value> = files
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let mut req =
+            json!({"name": name, "language": language, "handler": handler, "files": files});
         if let Value::Object(extra) = extra {
             req.as_object_mut().unwrap().extend(extra);
         }
@@ -349,9 +395,16 @@ impl TestServer {
 
     /// Invoke and return (status, headers, body bytes).
     pub async fn invoke(&self, name: &str, payload: &[u8]) -> Invoked {
-        let r = self.post_raw(&format!("/functions/{name}/invoke"), payload.to_vec()).await;
+        let r = self
+            .post_raw(&format!("/functions/{name}/invoke"), payload.to_vec())
+            .await;
         let status = r.status().as_u16();
-        let header = |h: &str| r.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |h: &str| {
+            r.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let cold = header("x-faas-cold-start");
         let request_id = header("x-faas-request-id");
         let content_type = header("content-type");
@@ -367,7 +420,9 @@ impl TestServer {
 
     /// Invoke with JSON and decode a JSON response; panics unless 200.
     pub async fn invoke_json(&self, name: &str, payload: Value) -> Value {
-        let r = self.invoke(name, &serde_json::to_vec(&payload).unwrap()).await;
+        let r = self
+            .invoke(name, &serde_json::to_vec(&payload).unwrap())
+            .await;
         assert_eq!(r.status, 200, "invoke {name}: {}\n{}", r.text(), self.log());
         serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
     }

@@ -27,8 +27,14 @@ def handler(event, context):
             "remaining_ok": 0 < context.get_remaining_time_in_millis() <= 30000,
             "env": os.environ.get("GREETING")}
 "#;
-    s.deploy("greet", "python", "main.handler", &[("main.py", code)], json!({"env": {"GREETING": "hi"}}))
-        .await;
+    s.deploy(
+        "greet",
+        "python",
+        "main.handler",
+        &[("main.py", code)],
+        json!({"env": {"GREETING": "hi"}}),
+    )
+    .await;
     let first = s.invoke("greet", br#"{"name": "ada"}"#).await;
     assert_eq!(first.status, 200, "{}", first.text());
     assert!(first.cold_start, "first invocation must be a cold start");
@@ -40,18 +46,27 @@ def handler(event, context):
     assert_eq!(v["version"], "1");
     assert_eq!(v["remaining_ok"], true);
     assert_eq!(v["env"], "hi");
-    assert!(!first.text().contains("log line"), "prints must not reach the response");
+    assert!(
+        !first.text().contains("log line"),
+        "prints must not reach the response"
+    );
 
     let second = s.invoke("greet", br#"{"name": "bob"}"#).await;
     assert_eq!(second.status, 200);
-    assert!(!second.cold_start, "second invocation must reuse the warm instance");
+    assert!(
+        !second.cold_start,
+        "second invocation must reuse the warm instance"
+    );
 
     // Raw bytes and an empty body reach the handler as bytes and None.
     s.deploy(
         "kind",
         "python",
         "main.handler",
-        &[("main.py", "def handler(event):\n    return type(event).__name__\n")],
+        &[(
+            "main.py",
+            "def handler(event):\n    return type(event).__name__\n",
+        )],
         json!({}),
     )
     .await;
@@ -62,8 +77,14 @@ def handler(event, context):
     assert_eq!(status, 200);
     let records = logs["invocations"].as_array().unwrap();
     assert_eq!(records.len(), 2);
-    assert!(records[0]["logs"].as_str().unwrap().contains("log line for bob"));
-    assert!(records[1]["logs"].as_str().unwrap().contains("log line for ada"));
+    assert!(records[0]["logs"]
+        .as_str()
+        .unwrap()
+        .contains("log line for bob"));
+    assert!(records[1]["logs"]
+        .as_str()
+        .unwrap()
+        .contains("log line for ada"));
     assert_eq!(records[1]["cold_start"], true);
     s.stop_and_check_clean().await;
 }
@@ -81,17 +102,37 @@ exports.handler = async (event, context) => {
 };
 exports.sync = (event) => ({ upper: String(event.word).toUpperCase() });
 "#;
-    s.deploy("adder", "node", "index.handler", &[("index.js", code)], json!({})).await;
+    s.deploy(
+        "adder",
+        "node",
+        "index.handler",
+        &[("index.js", code)],
+        json!({}),
+    )
+    .await;
     let r = s.invoke("adder", br#"{"a": 2, "b": 40}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["sum"], 42);
     assert_eq!(v["requestId"].as_str(), r.request_id.as_deref());
     assert_eq!(v["left"], true);
-    s.deploy("upper", "node", "index.sync", &[("index.js", code)], json!({})).await;
-    assert_eq!(s.invoke_json("upper", json!({"word": "abc"})).await, json!({"upper": "ABC"}));
+    s.deploy(
+        "upper",
+        "node",
+        "index.sync",
+        &[("index.js", code)],
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        s.invoke_json("upper", json!({"word": "abc"})).await,
+        json!({"upper": "ABC"})
+    );
     let (_, logs) = s.get("/functions/adder/logs").await;
-    assert!(logs["invocations"][0]["logs"].as_str().unwrap().contains("adding 2 40"));
+    assert!(logs["invocations"][0]["logs"]
+        .as_str()
+        .unwrap()
+        .contains("adding 2 40"));
     s.stop_and_check_clean().await;
 }
 
@@ -101,12 +142,26 @@ async fn shell_transforms_stdin(executor: Executor) {
     }
     let s = TestServer::start(executor).await;
     let script = "#!/bin/sh\necho \"working on $FAAS_REQUEST_ID\" >&2\ntr 'a-z' 'A-Z' | rev\n";
-    s.deploy("shout", "shell", "handler.sh", &[("handler.sh", script)], json!({})).await;
+    s.deploy(
+        "shout",
+        "shell",
+        "handler.sh",
+        &[("handler.sh", script)],
+        json!({}),
+    )
+    .await;
     let r = s.invoke("shout", b"hello world\n").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "DLROW OLLEH\n");
     // A failing script is a 500 with its stderr as logs.
-    s.deploy("fails", "shell", "f.sh", &[("f.sh", "echo broken >&2\nexit 3\n")], json!({})).await;
+    s.deploy(
+        "fails",
+        "shell",
+        "f.sh",
+        &[("f.sh", "echo broken >&2\nexit 3\n")],
+        json!({}),
+    )
+    .await;
     let r = s.invoke("fails", b"").await;
     assert_eq!(r.status, 500);
     let v = r.json();
@@ -122,16 +177,31 @@ async fn new_version_replaces_old(executor: Executor) {
     }
     let s = TestServer::start(executor).await;
     let v1 = s
-        .deploy("ver", "python", "m.handler", &[("m.py", "def handler(e, c):\n    return 1\n")], json!({}))
+        .deploy(
+            "ver",
+            "python",
+            "m.handler",
+            &[("m.py", "def handler(e, c):\n    return 1\n")],
+            json!({}),
+        )
         .await;
     assert_eq!(s.invoke_json("ver", json!(null)).await, json!(1));
     let v2 = s
-        .deploy("ver", "python", "m.handler", &[("m.py", "def handler(e, c):\n    return 2\n")], json!({}))
+        .deploy(
+            "ver",
+            "python",
+            "m.handler",
+            &[("m.py", "def handler(e, c):\n    return 2\n")],
+            json!({}),
+        )
         .await;
     assert_eq!(v1["id"], v2["id"], "a new version keeps the function id");
     assert_eq!(v2["version"], 2);
     assert_eq!(s.invoke_json("ver", json!(null)).await, json!(2));
-    assert_eq!(s.invoke_json(v2["id"].as_str().unwrap(), json!(null)).await, json!(2));
+    assert_eq!(
+        s.invoke_json(v2["id"].as_str().unwrap(), json!(null)).await,
+        json!(2)
+    );
     s.stop_and_check_clean().await;
 }
 
@@ -156,7 +226,9 @@ async fn execute_runs_a_command_in_an_image(executor: Executor) {
     assert_eq!(status, 200);
     assert!(v["error"].as_str().unwrap().contains("status 4"), "{v}");
     assert_eq!(v["logs"], "oops\n");
-    let (status, v) = s.post_json("/execute", &json!({"image": "cobol", "command": ["x"]})).await;
+    let (status, v) = s
+        .post_json("/execute", &json!({"image": "cobol", "command": ["x"]}))
+        .await;
     assert_eq!(status, 400, "{v}");
     s.stop_and_check_clean().await;
 }
@@ -166,18 +238,35 @@ async fn metrics_count_invocations(executor: Executor) {
         return;
     }
     let s = TestServer::start(executor).await;
-    s.deploy("m1", "python", "m.handler", &[("m.py", "def handler(e, c):\n    return e\n")], json!({}))
-        .await;
+    s.deploy(
+        "m1",
+        "python",
+        "m.handler",
+        &[("m.py", "def handler(e, c):\n    return e\n")],
+        json!({}),
+    )
+    .await;
     for _ in 0..3 {
         s.invoke_json("m1", json!({"x": 1})).await;
     }
-    let text = reqwest::get(format!("{}/metrics", s.url)).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         text.contains(r#"faas_invocations_total{function="m1",outcome="success"} 3"#),
         "{text}"
     );
-    assert!(text.contains(r#"faas_cold_starts_total{function="m1"} 1"#), "{text}");
-    assert!(text.contains("faas_invocation_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains(r#"faas_cold_starts_total{function="m1"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("faas_invocation_duration_seconds_bucket"),
+        "{text}"
+    );
     assert!(text.contains("faas_live_instances 1"), "{text}");
     s.stop_and_check_clean().await;
 }
@@ -189,7 +278,11 @@ async fn cli_deploys_invokes_lists_and_removes(executor: Executor) {
     let s = TestServer::start(executor).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("lib")).unwrap();
-    std::fs::write(dir.path().join("lib/util.py"), "def twice(x):\n    return x * 2\n").unwrap();
+    std::fs::write(
+        dir.path().join("lib/util.py"),
+        "def twice(x):\n    return x * 2\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("app.py"),
         "from lib.util import twice\ndef handler(event, context):\n    print('twice', event['n'])\n    return {'n': twice(event['n'])}\n",
@@ -197,16 +290,38 @@ async fn cli_deploys_invokes_lists_and_removes(executor: Executor) {
     .unwrap();
     let path = dir.path().to_str().unwrap();
     let out = s
-        .cli(&["deploy", path, "--name", "twice", "--language", "python", "--handler", "app.handler"], None)
+        .cli(
+            &[
+                "deploy",
+                path,
+                "--name",
+                "twice",
+                "--language",
+                "python",
+                "--handler",
+                "app.handler",
+            ],
+            None,
+        )
         .await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("deployed twice version 1"), "{out:?}");
 
-    let out = s.cli(&["invoke", "twice", "--data", r#"{"n": 21}"#], None).await;
+    let out = s
+        .cli(&["invoke", "twice", "--data", r#"{"n": 21}"#], None)
+        .await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap(), json!({"n": 42}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).unwrap(),
+        json!({"n": 42})
+    );
 
-    let out = s.cli(&["invoke", "twice", "--data-file", "-", "--json"], Some(br#"{"n": 5}"#)).await;
+    let out = s
+        .cli(
+            &["invoke", "twice", "--data-file", "-", "--json"],
+            Some(br#"{"n": 5}"#),
+        )
+        .await;
     assert_eq!(out.code, 0, "{out:?}");
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["response"], json!({"n": 10}));
@@ -220,12 +335,25 @@ async fn cli_deploys_invokes_lists_and_removes(executor: Executor) {
     assert_eq!(out.stdout, "cba\n", "{out:?}");
 
     let out = s.cli(&["ls"], None).await;
-    assert!(out.stdout.contains("twice") && out.stdout.contains("rev"), "{out:?}");
+    assert!(
+        out.stdout.contains("twice") && out.stdout.contains("rev"),
+        "{out:?}"
+    );
     let out = s.cli(&["ls", "--json"], None).await;
-    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 2);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     let out = s.cli(&["logs", "twice"], None).await;
-    assert!(out.stdout.contains("twice 21") && out.stdout.contains("twice 5"), "{out:?}");
+    assert!(
+        out.stdout.contains("twice 21") && out.stdout.contains("twice 5"),
+        "{out:?}"
+    );
 
     // Failures: one line, non-zero exit.
     let out = s.cli(&["invoke", "nope"], None).await;

@@ -72,23 +72,43 @@ async fn sees_only_its_own_processes_and_no_network(executor: Executor) {
         return;
     }
     let s = TestServer::start(executor).await;
-    s.deploy("probe", "python", "probe.handler", &[("probe.py", PROBE)], json!({})).await;
+    s.deploy(
+        "probe",
+        "python",
+        "probe.handler",
+        &[("probe.py", PROBE)],
+        json!({}),
+    )
+    .await;
     let pids = probe(&s, json!({"op": "pids"})).await;
     let pids = pids.as_array().unwrap();
     // Reaper (1), agent, python bootstrap: a handful, and none of the host's.
-    assert!(pids.len() <= 5, "sandbox sees {} processes: {pids:?}", pids.len());
+    assert!(
+        pids.len() <= 5,
+        "sandbox sees {} processes: {pids:?}",
+        pids.len()
+    );
     assert_eq!(pids[0], 1, "its own pid namespace starts at 1");
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = tokio::spawn(async move {
-        tokio::time::timeout(Duration::from_secs(4), listener.accept()).await.is_ok()
+        tokio::time::timeout(Duration::from_secs(4), listener.accept())
+            .await
+            .is_ok()
     });
     let r = probe(&s, json!({"op": "connect", "port": port})).await;
     assert!(r.as_str().unwrap().starts_with("refused"), "{r}");
-    assert!(!accepted.await.unwrap(), "the host listener must never see a connection");
+    assert!(
+        !accepted.await.unwrap(),
+        "the host listener must never see a connection"
+    );
     assert_eq!(probe(&s, json!({"op": "interfaces"})).await, json!(["lo"]));
-    assert_eq!(probe(&s, json!({"op": "routes"})).await, json!([]), "no route out");
+    assert_eq!(
+        probe(&s, json!({"op": "routes"})).await,
+        json!([]),
+        "no route out"
+    );
     s.stop_and_check_clean().await;
 }
 
@@ -97,12 +117,28 @@ async fn cannot_write_outside_tmp_and_is_not_root(executor: Executor) {
         return;
     }
     let s = TestServer::start(executor).await;
-    s.deploy("probe", "python", "probe.handler", &[("probe.py", PROBE)], json!({})).await;
-    for path in ["/etc/passwd", "/root.txt", "/var/task/probe.py", "/usr/lib/x", "/opt/faas/bin/x"] {
+    s.deploy(
+        "probe",
+        "python",
+        "probe.handler",
+        &[("probe.py", PROBE)],
+        json!({}),
+    )
+    .await;
+    for path in [
+        "/etc/passwd",
+        "/root.txt",
+        "/var/task/probe.py",
+        "/usr/lib/x",
+        "/opt/faas/bin/x",
+    ] {
         let r = probe(&s, json!({"op": "write", "path": path})).await;
         assert!(r == "EROFS" || r == "EACCES", "writing {path}: {r}");
     }
-    assert_eq!(probe(&s, json!({"op": "write", "path": "/tmp/ok"})).await, "written");
+    assert_eq!(
+        probe(&s, json!({"op": "write", "path": "/tmp/ok"})).await,
+        "written"
+    );
     let ids = probe(&s, json!({"op": "ids"})).await;
     assert_ne!(ids["uid"], 0, "{ids}");
     assert_ne!(ids["euid"], 0, "{ids}");
@@ -118,7 +154,14 @@ async fn seccomp_blocks_dangerous_calls(executor: Executor) {
         return;
     }
     let s = TestServer::start(executor).await;
-    s.deploy("probe", "python", "probe.handler", &[("probe.py", PROBE)], json!({})).await;
+    s.deploy(
+        "probe",
+        "python",
+        "probe.handler",
+        &[("probe.py", PROBE)],
+        json!({}),
+    )
+    .await;
     let r = probe(&s, json!({"op": "syscalls"})).await;
     for call in ["unshare_user", "ptrace_traceme", "keyctl", "mount", "bpf"] {
         assert_eq!(r[call], "EPERM", "{call}: {r}");
@@ -133,11 +176,21 @@ async fn memory_hog_dies_at_its_limit(executor: Executor) {
     }
     let s = TestServer::start(executor).await;
     let code = "def handler(event, context):\n    if event.get('hog'):\n        blocks = []\n        while True:\n            blocks.append(bytearray(8 * 1024 * 1024))\n    return 'fine'\n";
-    s.deploy("hog", "python", "m.handler", &[("m.py", code)], json!({"memory_mb": 64})).await;
+    s.deploy(
+        "hog",
+        "python",
+        "m.handler",
+        &[("m.py", code)],
+        json!({"memory_mb": 64}),
+    )
+    .await;
     let r = s.invoke("hog", br#"{"hog": true}"#).await;
     assert_eq!(r.status, 500, "{}", r.text());
     let err = r.json()["error"].as_str().unwrap_or_default().to_string();
-    assert!(err.contains("memory limit of 64 MB"), "error must say memory: {err}");
+    assert!(
+        err.contains("memory limit of 64 MB"),
+        "error must say memory: {err}"
+    );
     // The next invocation gets a fresh instance.
     let r = s.invoke("hog", b"{}").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -153,13 +206,30 @@ async fn fork_bomb_is_capped(executor: Executor) {
     }
     let s = TestServer::start(executor).await;
     let bomb = "bomb() { bomb | bomb & }; bomb; sleep 30\n";
-    s.deploy("bomb", "shell", "bomb.sh", &[("bomb.sh", bomb)], json!({"timeout_sec": 3})).await;
+    s.deploy(
+        "bomb",
+        "shell",
+        "bomb.sh",
+        &[("bomb.sh", bomb)],
+        json!({"timeout_sec": 3}),
+    )
+    .await;
     let started = Instant::now();
     let r = s.invoke("bomb", b"").await;
-    assert!(r.status == 504 || r.status == 500, "{} {}", r.status, r.text());
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        r.status == 504 || r.status == 500,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     // The host is fine and the server still serves.
-    s.deploy("ok", "shell", "ok.sh", &[("ok.sh", "echo ok\n")], json!({})).await;
+    s.deploy("ok", "shell", "ok.sh", &[("ok.sh", "echo ok\n")], json!({}))
+        .await;
     assert_eq!(s.invoke("ok", b"").await.text(), "ok\n");
     s.stop_and_check_clean().await;
 }
@@ -170,16 +240,38 @@ async fn infinite_loop_ends_at_timeout(executor: Executor) {
     }
     let s = TestServer::start(executor).await;
     let code = "def handler(event, context):\n    while event.get('spin'):\n        pass\n    return 'done'\n";
-    s.deploy("spin", "python", "m.handler", &[("m.py", code)], json!({"timeout_sec": 2})).await;
+    s.deploy(
+        "spin",
+        "python",
+        "m.handler",
+        &[("m.py", code)],
+        json!({"timeout_sec": 2}),
+    )
+    .await;
     s.invoke_json("spin", json!({})).await;
     let started = Instant::now();
     let r = s.invoke("spin", br#"{"spin": true}"#).await;
     let took = started.elapsed();
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap().contains("timed out after 2s"), "{}", r.text());
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(6), "took {took:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2s"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "took {took:?}"
+    );
     let r = s.invoke("spin", b"{}").await;
-    assert_eq!(r.status, 200, "a fresh instance serves the next call: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "a fresh instance serves the next call: {}",
+        r.text()
+    );
     assert!(r.cold_start);
     s.stop_and_check_clean().await;
 }
@@ -190,7 +282,8 @@ async fn crashed_runtime_is_replaced(executor: Executor) {
     }
     let s = TestServer::start(executor).await;
     let code = "import os\ndef handler(event, context):\n    if event.get('die'):\n        print('about to die', flush=True)\n        os._exit(7)\n    return 'alive'\n";
-    s.deploy("crash", "python", "m.handler", &[("m.py", code)], json!({})).await;
+    s.deploy("crash", "python", "m.handler", &[("m.py", code)], json!({}))
+        .await;
     let r = s.invoke("crash", br#"{"die": true}"#).await;
     assert_eq!(r.status, 500, "{}", r.text());
     let v = r.json();
@@ -201,13 +294,30 @@ async fn crashed_runtime_is_replaced(executor: Executor) {
     assert_eq!(r.json(), json!("alive"));
     assert!(r.cold_start, "a crashed instance is replaced, not reused");
     // A handler that raises keeps its instance.
-    s.deploy("raise", "python", "m.handler", &[("m.py", "def handler(e, c):\n    raise KeyError('boom')\n")], json!({}))
-        .await;
+    s.deploy(
+        "raise",
+        "python",
+        "m.handler",
+        &[("m.py", "def handler(e, c):\n    raise KeyError('boom')\n")],
+        json!({}),
+    )
+    .await;
     let r = s.invoke("raise", b"").await;
     assert_eq!(r.status, 500);
-    assert!(r.json()["error"].as_str().unwrap().contains("KeyError"), "{}", r.text());
-    assert!(r.json()["logs"].as_str().unwrap().contains("Traceback"), "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("KeyError"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.json()["logs"].as_str().unwrap().contains("Traceback"),
+        "{}",
+        r.text()
+    );
     let r = s.invoke("raise", b"").await;
-    assert!(!r.cold_start, "a raised exception does not cost the instance");
+    assert!(
+        !r.cold_start,
+        "a raised exception does not cost the instance"
+    );
     s.stop_and_check_clean().await;
 }

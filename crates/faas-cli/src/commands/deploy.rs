@@ -96,7 +96,13 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
     } else {
         println!(
             "deployed {} version {} ({}, {}, {} MB, {}s timeout) id {}",
-            info.name, info.version, info.language, info.handler, info.memory_mb, info.timeout_sec, info.id
+            info.name,
+            info.version,
+            info.language,
+            info.handler,
+            info.memory_mb,
+            info.timeout_sec,
+            info.id
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -107,7 +113,10 @@ fn language_of(path: &Path) -> Result<Language> {
         Some("py") => Ok(Language::Python),
         Some("js") | Some("cjs") => Ok(Language::Node),
         Some("sh") => Ok(Language::Shell),
-        _ => bail!("cannot tell the language of {}; pass --language", path.display()),
+        _ => bail!(
+            "cannot tell the language of {}; pass --language",
+            path.display()
+        ),
     }
 }
 

@@ -38,7 +38,9 @@ fn read_payload(data: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> 
                 .context("cannot read stdin")?;
             buf
         }
-        (None, Some(p)) => std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
+        (None, Some(p)) => {
+            std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?
+        }
         (None, None) => Vec::new(),
     })
 }

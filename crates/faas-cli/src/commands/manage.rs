@@ -19,7 +19,9 @@ pub struct LsArgs {
 /// List functions as a table (or JSON).
 pub async fn ls(args: LsArgs) -> Result<ExitCode> {
     let client = Client::new(&args.server)?;
-    let list: FunctionList = client.json(client.request(Method::GET, "/functions")).await?;
+    let list: FunctionList = client
+        .json(client.request(Method::GET, "/functions"))
+        .await?;
     if args.server.json {
         println!("{}", serde_json::to_string_pretty(&list.functions)?);
         return Ok(ExitCode::SUCCESS);
@@ -29,8 +31,8 @@ pub async fn ls(args: LsArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<24} {:>7} {:<7} {:<24} {:>7} {:>8}  {}",
-        "NAME", "VERSION", "LANG", "HANDLER", "MEMORY", "TIMEOUT", "ID"
+        "{:<24} {:>7} {:<7} {:<24} {:>7} {:>8}  ID",
+        "NAME", "VERSION", "LANG", "HANDLER", "MEMORY", "TIMEOUT"
     );
     for f in list.functions {
         println!(

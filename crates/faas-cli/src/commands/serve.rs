@@ -72,7 +72,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .parse()
             .context("invalid addr in config file")?,
     };
-    let executor = args.executor.or(file.executor).unwrap_or_else(|| "native".into());
+    let executor = args
+        .executor
+        .or(file.executor)
+        .unwrap_or_else(|| "native".into());
     if executor != "native" {
         bail!("executor {executor:?} is not available in this build (supported: native)");
     }
@@ -133,7 +136,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .or(file.max_instances)
             .unwrap_or(defaults.max_instances),
         default_memory_mb: file.default_memory_mb.unwrap_or(defaults.default_memory_mb),
-        default_timeout_sec: file.default_timeout_sec.unwrap_or(defaults.default_timeout_sec),
+        default_timeout_sec: file
+            .default_timeout_sec
+            .unwrap_or(defaults.default_timeout_sec),
         code_limits: defaults.code_limits,
     };
     let orchestrator = Arc::new(

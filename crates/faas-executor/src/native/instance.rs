@@ -122,7 +122,10 @@ impl NativeInstance {
         let socket_dir = dir.join("sock");
         tokio::fs::create_dir_all(&socket_dir)
             .await
-            .map_err(ExecutorError::io(format!("create {}", socket_dir.display())))?;
+            .map_err(ExecutorError::io(format!(
+                "create {}",
+                socket_dir.display()
+            )))?;
         let owner = config.userns_base.unwrap_or(0) + config.sandbox_uid;
         std::os::unix::fs::chown(&socket_dir, Some(owner), Some(owner))
             .map_err(ExecutorError::io("chown socket dir"))?;

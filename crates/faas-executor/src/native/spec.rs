@@ -205,8 +205,7 @@ pub fn build(
         "mounts": mount_list,
         "linux": linux,
     });
-    serde_json::from_value(spec)
-        .map_err(|e| ExecutorError::Start(format!("invalid OCI spec: {e}")))
+    serde_json::from_value(spec).map_err(|e| ExecutorError::Start(format!("invalid OCI spec: {e}")))
 }
 
 fn memory_resources(limit: u64, swap_accounting: bool) -> Value {
@@ -257,7 +256,10 @@ mod tests {
         assert!(caps.effective().as_ref().unwrap().is_empty());
         let linux = s.linux().as_ref().unwrap();
         let res = linux.resources().as_ref().unwrap();
-        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(128 * 1024 * 1024));
+        assert_eq!(
+            res.memory().as_ref().unwrap().limit(),
+            Some(128 * 1024 * 1024)
+        );
         assert!(res.pids().as_ref().unwrap().limit() > 0);
         let ns: Vec<String> = linux
             .namespaces()
@@ -267,12 +269,18 @@ mod tests {
             .map(|n| format!("{:?}", n.typ()))
             .collect();
         for want in ["Pid", "Network", "Mount", "Ipc", "Uts"] {
-            assert!(ns.iter().any(|n| n == want), "{want} namespace missing: {ns:?}");
+            assert!(
+                ns.iter().any(|n| n == want),
+                "{want} namespace missing: {ns:?}"
+            );
         }
         let sc = linux.seccomp().as_ref().unwrap();
         let blocked = &sc.syscalls().as_ref().unwrap()[0];
         for call in ["mount", "ptrace", "kexec_load", "bpf", "keyctl", "unshare"] {
-            assert!(blocked.names().contains(&call.to_string()), "{call} not blocked");
+            assert!(
+                blocked.names().contains(&call.to_string()),
+                "{call} not blocked"
+            );
         }
     }
 
@@ -291,10 +299,20 @@ mod tests {
         )
         .unwrap();
         let mounts = s.mounts().as_ref().unwrap();
-        let tmp = mounts.iter().find(|m| m.destination() == Path::new("/tmp")).unwrap();
-        assert!(tmp.options().as_ref().unwrap().contains(&"size=32m".to_string()));
+        let tmp = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/tmp"))
+            .unwrap();
+        assert!(tmp
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"size=32m".to_string()));
         for dest in [GUEST_CODE_DIR, GUEST_DEPS_DIR] {
-            let m = mounts.iter().find(|m| m.destination() == Path::new(dest)).unwrap();
+            let m = mounts
+                .iter()
+                .find(|m| m.destination() == Path::new(dest))
+                .unwrap();
             assert!(m.options().as_ref().unwrap().contains(&"ro".to_string()));
         }
     }

@@ -1,0 +1,236 @@
+//! `faas-bench`: start a real `faas serve` (or use `--server`), then measure and
+//! print cold starts, warm latency, throughput and memory per warm instance for
+//! Python, Node.js and shell functions.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use faas_tester::{Executor, TestServer};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Benchmark the FaaS platform")]
+struct Args {
+    /// Cold starts measured per language.
+    #[arg(long, default_value_t = 10)]
+    cold: usize,
+    /// Warm invocations measured per language.
+    #[arg(long, default_value_t = 500)]
+    warm: usize,
+    /// Seconds of the concurrent throughput run per language.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent clients in the throughput run.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Sandbox kind.
+    #[arg(long, default_value = "native")]
+    executor: String,
+}
+
+const FUNCTIONS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "python",
+        "python",
+        "main.handler",
+        "main.py",
+        "def handler(event, context):\n    return event\n",
+    ),
+    (
+        "node",
+        "node",
+        "index.handler",
+        "index.js",
+        "exports.handler = async (event) => event;\n",
+    ),
+    ("shell", "shell", "cat.sh", "cat.sh", "cat\n"),
+];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let executor = match args.executor.as_str() {
+        "native" => Executor::Native,
+        other => bail!("unknown executor {other}"),
+    };
+    if let Some(why) = faas_tester::missing_prerequisite(executor) {
+        bail!("cannot benchmark: {why}");
+    }
+    let server = TestServer::start_with(executor, &["--max-instances", "64"]).await;
+    println!(
+        "# faas-bench: executor {}, {} cores",
+        args.executor,
+        num_cpus()
+    );
+    println!(
+        "{:<7} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>9}",
+        "lang",
+        "cold p50",
+        "cold p90",
+        "cold max",
+        "warm p50",
+        "warm p99",
+        "srv p50",
+        "req/s",
+        "mem/inst"
+    );
+    for &(label, lang, handler, file, code) in FUNCTIONS {
+        let cold = cold_starts(&server, label, lang, handler, file, code, args.cold).await?;
+        let name = format!("bench-{label}");
+        server
+            .deploy(&name, lang, handler, &[(file, code)], json!({}))
+            .await;
+        let (warm, server_side) = warm_latency(&server, &name, args.warm).await?;
+        let rps = throughput(
+            &server,
+            &name,
+            args.concurrency,
+            Duration::from_secs(args.seconds),
+        )
+        .await?;
+        let rss = instance_memory(&server).await;
+        // "srv p50": median time inside the server for a warm call (pool, agent
+        // round trip, bootstrap dispatch, a trivial handler), without HTTP.
+        println!(
+            "{:<7} {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>7.3}ms {:>7.3}ms {:>7.3}ms | {:>10.0} | {:>7.1}MB",
+            label,
+            pct(&cold, 50.0),
+            pct(&cold, 90.0),
+            pct(&cold, 100.0),
+            pct(&warm, 50.0),
+            pct(&warm, 99.0),
+            pct(&server_side, 50.0),
+            rps,
+            rss
+        );
+        server.delete(&format!("/functions/{name}")).await;
+    }
+    drop(server);
+    Ok(())
+}
+
+async fn cold_starts(
+    s: &TestServer,
+    label: &str,
+    lang: &str,
+    handler: &str,
+    file: &str,
+    code: &str,
+    n: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("cold-{label}-{i}");
+        s.deploy(&name, lang, handler, &[(file, code)], json!({}))
+            .await;
+        let t = Instant::now();
+        let r = s.invoke(&name, b"{}").await;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if r.status != 200 || !r.cold_start {
+            bail!("cold invoke of {name} failed: {} {}", r.status, r.text());
+        }
+        out.push(ms);
+        s.delete(&format!("/functions/{name}")).await;
+    }
+    Ok(out)
+}
+
+/// Client round trip and server-side duration of sequential warm invocations, ms.
+async fn warm_latency(s: &TestServer, name: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let client = reqwest::Client::new();
+    let url = format!("{}/functions/{name}/invoke", s.url);
+    // Warm up: start the instance and the connection pool.
+    for _ in 0..20 {
+        client
+            .post(&url)
+            .body("{\"x\":1}")
+            .send()
+            .await?
+            .bytes()
+            .await?;
+    }
+    let mut rtt = Vec::with_capacity(n);
+    let mut server = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = client.post(&url).body("{\"x\":1}").send().await?;
+        let ms: f64 = r
+            .headers()
+            .get("x-faas-duration-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .context("no duration header")?;
+        if r.headers()
+            .get("x-faas-cold-start")
+            .is_some_and(|v| v == "true")
+        {
+            bail!("warm run hit a cold start");
+        }
+        r.bytes().await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+        server.push(ms);
+    }
+    Ok((rtt, server))
+}
+
+async fn throughput(s: &TestServer, name: &str, concurrency: usize, dur: Duration) -> Result<f64> {
+    let url = format!("{}/functions/{name}/invoke", s.url);
+    let deadline = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let r = client.post(&url).body("{\"x\":1}").send().await?;
+                if !r.status().is_success() {
+                    bail!("throughput invoke failed: {}", r.status());
+                }
+                r.bytes().await?;
+                n += 1;
+            }
+            Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / dur.as_secs_f64())
+}
+
+/// Mean memory charged to each live instance's cgroup (memory.usage_in_bytes), MB.
+async fn instance_memory(s: &TestServer) -> f64 {
+    let parent = s.cgroup_parent();
+    let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(parent);
+    let mut sizes = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten().filter(|e| e.path().is_dir()) {
+            let usage =
+                std::fs::read_to_string(e.path().join("memory.usage_in_bytes")).unwrap_or_default();
+            if let Ok(b) = usage.trim().parse::<f64>() {
+                sizes.push(b / 1_048_576.0);
+            }
+        }
+    }
+    if sizes.is_empty() {
+        return f64::NAN;
+    }
+    sizes.iter().sum::<f64>() / sizes.len() as f64
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

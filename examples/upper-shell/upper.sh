@@ -1,0 +1,3 @@
+#!/bin/sh
+# Upper-cases its input: stdin is the payload, stdout the response.
+tr '[:lower:]' '[:upper:]'

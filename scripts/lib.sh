@@ -1,0 +1,52 @@
+# Shared by the scripts in this directory: install what the platform needs.
+# Sourced, not run.
+
+set -euo pipefail
+
+FAAS_CACHE=${FAAS_CACHE:-/var/cache/faas}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FAAS_CACHE/target}
+export FAAS_IMAGES_DIR=${FAAS_IMAGES_DIR:-$FAAS_CACHE/images}
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "run as root: sandboxes need namespaces, cgroups and runc"
+}
+
+# Debian packages the platform and its tests use. Installed only when missing.
+install_packages() {
+    local want=(runc mmdebstrap ca-certificates curl)
+    command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || want+=(python3 python3-pip)
+    command -v npm >/dev/null || want+=(npm)
+    command -v cc >/dev/null || want+=(build-essential)
+    local missing=()
+    for p in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        step "installing Debian packages: ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# Rust >= 1.89 (rustup's, or Debian's when it is new enough).
+check_rust() {
+    if ! command -v cargo >/dev/null; then
+        step "installing Debian's Rust toolchain"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q cargo rustc || true
+    fi
+    command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.89 (https://rustup.rs)"
+    local v
+    v=$(rustc --version | awk '{print $2}')
+    [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -1)" = "1.89.0" ] \
+        || die "Rust $v is too old: this workspace needs >= 1.89"
+}
+
+# Build images for every language (cached; rebuilt only when their recipe changes).
+build_images() {
+    local bin=$1
+    step "runtime images in $FAAS_IMAGES_DIR (first build takes a minute or two)"
+    "$bin/faas" images build --images-dir "$FAAS_IMAGES_DIR" --agent-path "$bin/faas-guest-agent"
+}
