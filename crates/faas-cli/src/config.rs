@@ -14,8 +14,10 @@ pub struct FileConfig {
     pub addr: Option<String>,
     /// State directory.
     pub data_dir: Option<PathBuf>,
-    /// `native` (more kinds in later releases).
+    /// Default sandbox kind: `native` or `docker`.
     pub executor: Option<String>,
+    /// Further sandbox kinds functions may choose.
+    pub allowed_sandboxes: Option<Vec<String>>,
     /// Where runtime images are built and cached.
     pub images_dir: Option<PathBuf>,
     /// The guest agent binary copied into images.
@@ -33,6 +35,23 @@ pub struct FileConfig {
     /// Native sandbox settings.
     #[serde(default)]
     pub native: NativeFileConfig,
+    /// Docker sandbox settings.
+    #[serde(default)]
+    pub docker: DockerFileConfig,
+}
+
+/// `[docker]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerFileConfig {
+    /// Daemon socket, `unix:///path`.
+    pub host: Option<String>,
+    /// Process limit per container.
+    pub pids_limit: Option<i64>,
+    /// CPUs per container.
+    pub cpus: Option<f64>,
+    /// `/tmp` size in MiB.
+    pub tmp_mb: Option<u32>,
 }
 
 /// `[native]` table.
@@ -62,10 +81,12 @@ impl FileConfig {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let config: FileConfig = toml::from_str(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
-        if let Some(e) = config.executor.as_deref() {
-            if e != "native" {
-                bail!("executor {e:?} is not available in this build (supported: native)");
-            }
+        for kind in config
+            .executor
+            .iter()
+            .chain(config.allowed_sandboxes.iter().flatten())
+        {
+            check_kind(kind)?;
         }
         Ok(config)
     }
@@ -85,4 +106,19 @@ pub fn agent_path(explicit: Option<PathBuf>) -> Result<PathBuf> {
         );
     }
     Ok(agent)
+}
+
+/// Sandbox kinds this build can run.
+pub const SANDBOX_KINDS: [&str; 2] = ["native", "docker"];
+
+/// Refuse a sandbox kind this build cannot run.
+pub fn check_kind(kind: &str) -> Result<()> {
+    if SANDBOX_KINDS.contains(&kind) {
+        Ok(())
+    } else {
+        bail!(
+            "sandbox kind {kind:?} is not available in this build (supported: {})",
+            SANDBOX_KINDS.join(", ")
+        )
+    }
 }

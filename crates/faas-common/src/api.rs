@@ -30,6 +30,8 @@ pub struct FunctionInfo {
     pub dependencies: Vec<String>,
     /// Environment variables.
     pub env: BTreeMap<String, String>,
+    /// Sandbox kind it runs in.
+    pub sandbox: String,
     /// When this version was deployed (RFC 3339).
     pub created_at: String,
 }

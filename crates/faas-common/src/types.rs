@@ -84,6 +84,9 @@ pub struct FunctionDefinition {
     /// Environment variables given to the function.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Sandbox kind (`native`, `docker`); the node's default when absent.
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 /// The outcome of one invocation, as the original plan defined it.

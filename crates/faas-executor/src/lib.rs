@@ -10,7 +10,9 @@
 //! - [`agent::AgentConn`]: the host side of the frame protocol, shared by all sandboxes.
 
 pub mod agent;
+pub mod docker;
 mod error;
+mod instance;
 pub mod native;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,15 @@ pub struct InstanceSpec {
     pub memory_mb: u32,
     /// The handler to load; `None` for a bare instance that only runs `exec`.
     pub init: Option<InitSpec>,
+}
+
+/// A built runtime image, as every sandbox kind consumes it.
+#[derive(Debug, Clone)]
+pub struct ImageRef {
+    /// The root filesystem directory.
+    pub rootfs: PathBuf,
+    /// Content hash of the image recipe (names Docker tags, VM disks).
+    pub hash: String,
 }
 
 /// Where the code and dependencies appear inside every sandbox.
@@ -169,4 +180,21 @@ pub(crate) fn base_env() -> BTreeMap<String, String> {
         ("HOME".into(), "/tmp".into()),
         ("LANG".into(), "C.UTF-8".into()),
     ])
+}
+
+/// Create the directory the agent's socket lives in, owned by the sandbox user
+/// and closed to everyone else.
+pub(crate) async fn make_socket_dir(
+    dir: &std::path::Path,
+    owner: u32,
+) -> Result<(), ExecutorError> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
+    std::os::unix::fs::chown(dir, Some(owner), Some(owner))
+        .map_err(ExecutorError::io("chown socket dir"))?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(ExecutorError::io("chmod socket dir"))
 }

@@ -237,9 +237,11 @@ async fn execute(
 
 async fn healthz(State(o): Orch) -> Result<Response, ApiError> {
     let functions = o.list().await?.len();
+    let sandboxes = o.sandbox_kinds();
     Ok(Json(json!({
         "status": "ok",
-        "executor": o.executor_kind(),
+        "executor": sandboxes[0],
+        "sandboxes": sandboxes,
         "functions": functions,
     }))
     .into_response())

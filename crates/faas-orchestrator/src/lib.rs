@@ -85,11 +85,52 @@ pub struct Invocation {
     pub duration: Duration,
 }
 
+/// The sandbox kinds a node offers: a default, and others functions may ask for.
+#[derive(Clone)]
+pub struct Sandboxes {
+    default: Arc<dyn Sandbox>,
+    others: Vec<Arc<dyn Sandbox>>,
+}
+
+impl Sandboxes {
+    /// Only `default`.
+    pub fn new(default: Arc<dyn Sandbox>) -> Self {
+        Sandboxes {
+            default,
+            others: Vec::new(),
+        }
+    }
+
+    /// Also let functions choose `sandbox` (`"sandbox": "<kind>"` at deploy).
+    pub fn allow(mut self, sandbox: Arc<dyn Sandbox>) -> Self {
+        self.others.push(sandbox);
+        self
+    }
+
+    /// The default kind.
+    pub fn default_kind(&self) -> &'static str {
+        self.default.kind()
+    }
+
+    /// Every kind offered, the default first.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.all().map(|s| s.kind()).collect()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<dyn Sandbox>> {
+        std::iter::once(&self.default).chain(self.others.iter())
+    }
+
+    fn get(&self, kind: &str) -> Option<&Arc<dyn Sandbox>> {
+        self.all().find(|s| s.kind() == kind)
+    }
+}
+
 /// The orchestrator.
 pub struct Orchestrator {
     config: OrchestratorConfig,
     store: Store,
-    sandbox: Arc<dyn Sandbox>,
+    sandboxes: Sandboxes,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
     deps: deps::DepsInstaller,
@@ -100,29 +141,32 @@ impl Orchestrator {
     /// predecessor left behind.
     pub async fn new(
         config: OrchestratorConfig,
-        sandbox: Arc<dyn Sandbox>,
+        sandboxes: Sandboxes,
     ) -> Result<Orchestrator, OrchestratorError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             OrchestratorError::Internal(format!("create {}: {e}", config.data_dir.display()))
         })?;
         let store = Store::open(&config.data_dir.join("state.db"))?;
-        match sandbox.reap_leftovers().await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!("removed {n} sandbox instance(s) left by a previous run"),
-            Err(e) => tracing::warn!("could not check for leftover instances: {e}"),
+        for sandbox in sandboxes.all() {
+            match sandbox.reap_leftovers().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    "removed {n} {} instance(s) left by a previous run",
+                    sandbox.kind()
+                ),
+                Err(e) => tracing::warn!(
+                    "could not check for leftover {} instances: {e}",
+                    sandbox.kind()
+                ),
+            }
         }
-        let metrics = Arc::new(Metrics::new(sandbox.kind()));
-        let pool = Pool::new(
-            sandbox.clone(),
-            config.max_instances,
-            config.idle_timeout,
-            metrics.clone(),
-        );
+        let metrics = Arc::new(Metrics::new(&sandboxes.kinds()));
+        let pool = Pool::new(config.max_instances, config.idle_timeout, metrics.clone());
         let deps = deps::DepsInstaller::new(config.data_dir.join("deps"));
         Ok(Orchestrator {
             config,
             store,
-            sandbox,
+            sandboxes,
             pool,
             metrics,
             deps,
@@ -134,9 +178,9 @@ impl Orchestrator {
         &self.config
     }
 
-    /// Sandbox kind in use.
-    pub fn executor_kind(&self) -> &'static str {
-        self.sandbox.kind()
+    /// Sandbox kinds offered, the default first.
+    pub fn sandbox_kinds(&self) -> Vec<&'static str> {
+        self.sandboxes.kinds()
     }
 
     /// Validate, store and register a function (a new version if the name exists).
@@ -170,6 +214,15 @@ impl Orchestrator {
         for (k, v) in &def.env {
             validate_env(k, v)?;
         }
+        let sandbox = match def.sandbox.as_deref() {
+            None => self.sandboxes.default_kind(),
+            Some(kind) => self.sandboxes.get(kind).map(|s| s.kind()).ok_or_else(|| {
+                OrchestratorError::BadRequest(format!(
+                    "sandbox {kind:?} is not enabled on this node (enabled: {})",
+                    self.sandboxes.kinds().join(", ")
+                ))
+            })?,
+        };
         let handler = def.handler.trim().to_string();
         let limits = self.config.code_limits;
         let code_root = self.config.data_dir.join("code");
@@ -208,6 +261,7 @@ impl Orchestrator {
                     code_sha256: code_sha,
                     dependencies,
                     env,
+                    sandbox: sandbox.to_string(),
                     created_at: now_rfc3339(),
                 },
                 deps_sha256: deps_sha,
@@ -310,8 +364,17 @@ impl Orchestrator {
             version: info.version,
         };
         let timeout = Duration::from_secs(info.timeout_sec.into());
+        let Some(sandbox) = self.sandboxes.get(&info.sandbox) else {
+            return Err(OrchestratorError::Unavailable(format!(
+                "function {} needs the {} sandbox, which this node no longer offers",
+                info.name, info.sandbox
+            )));
+        };
         let spec = || self.instance_spec(&f);
-        let lease = self.pool.acquire(&key, spec, timeout).await;
+        let lease = self
+            .pool
+            .acquire(&key, sandbox.as_ref(), spec, timeout)
+            .await;
         let (result, cold) = match lease {
             Err(e) => (Err(self.acquire_failure(&request_id, e)), false),
             Ok(mut lease) => {
@@ -477,7 +540,7 @@ impl Orchestrator {
             memory_mb: self.config.default_memory_mb,
             timeout_sec: self.config.default_timeout_sec,
         };
-        match self.sandbox.execute(config).await {
+        match self.sandboxes.default.execute(config).await {
             Ok(r) => Ok(r),
             Err(ExecutorError::BadRequest(m)) => Err(OrchestratorError::BadRequest(m)),
             Err(ExecutorError::ImageMissing(m)) => Err(OrchestratorError::Unavailable(
@@ -498,9 +561,18 @@ impl Orchestrator {
         self.metrics.render()
     }
 
-    /// Stop every instance; waits for their teardown.
+    /// Stop every instance; waits for their teardown, then sweeps anything a
+    /// failed teardown left (a container whose daemon was away, say).
     pub async fn shutdown(&self) {
         self.pool.shutdown().await;
+        for sandbox in self.sandboxes.all() {
+            if let Err(e) = sandbox.reap_leftovers().await {
+                tracing::warn!(
+                    "could not sweep {} instances at shutdown: {e}",
+                    sandbox.kind()
+                );
+            }
+        }
     }
 }
 

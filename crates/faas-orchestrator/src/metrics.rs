@@ -50,7 +50,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Register every metric.
-    pub fn new(executor: &str) -> Metrics {
+    pub fn new(executors: &[&str]) -> Metrics {
         let mut registry = Registry::with_prefix("faas");
         let invocations = Family::<OutcomeLabels, Counter>::default();
         let duration = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
@@ -90,11 +90,13 @@ impl Metrics {
             warm_instances.clone(),
         );
         let info = Family::<ExecutorLabels, Gauge>::default();
-        info.get_or_create(&ExecutorLabels {
-            executor: executor.to_string(),
-        })
-        .set(1);
-        registry.register("executor_info", "Sandbox kind in use", info);
+        for executor in executors {
+            info.get_or_create(&ExecutorLabels {
+                executor: executor.to_string(),
+            })
+            .set(1);
+        }
+        registry.register("executor_info", "Sandbox kinds offered", info);
         Metrics {
             registry: Mutex::new(registry),
             invocations,

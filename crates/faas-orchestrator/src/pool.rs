@@ -67,7 +67,6 @@ pub enum AcquireError {
 
 /// The instance pool.
 pub struct Pool {
-    sandbox: Arc<dyn Sandbox>,
     state: Mutex<State>,
     slots: Arc<Semaphore>,
     max_instances: usize,
@@ -78,14 +77,8 @@ pub struct Pool {
 
 impl Pool {
     /// A pool of at most `max_instances` live instances.
-    pub fn new(
-        sandbox: Arc<dyn Sandbox>,
-        max_instances: usize,
-        idle_timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Pool> {
+    pub fn new(max_instances: usize, idle_timeout: Duration, metrics: Arc<Metrics>) -> Arc<Pool> {
         let pool = Arc::new(Pool {
-            sandbox,
             state: Mutex::new(State::default()),
             slots: Arc::new(Semaphore::new(max_instances)),
             max_instances,
@@ -107,10 +100,11 @@ impl Pool {
         pool
     }
 
-    /// Lend a warm instance of `key`, or start one from `spec` within `wait`.
+    /// Lend a warm instance of `key`, or start one in `sandbox` from `spec` within `wait`.
     pub async fn acquire(
         &self,
         key: &PoolKey,
+        sandbox: &dyn Sandbox,
         spec: impl FnOnce() -> InstanceSpec,
         wait: Duration,
     ) -> Result<Lease, AcquireError> {
@@ -125,11 +119,7 @@ impl Pool {
         }
         let permit = self.slot(wait).await?;
         let started = Instant::now();
-        let instance = self
-            .sandbox
-            .start(spec())
-            .await
-            .map_err(AcquireError::Start)?;
+        let instance = sandbox.start(spec()).await.map_err(AcquireError::Start)?;
         self.metrics.live_instances.inc();
         let mut st = self.state.lock().expect("pool lock");
         *st.busy.entry(key.clone()).or_default() += 1;

@@ -15,11 +15,17 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
+pub mod docker;
+
+pub use docker::{docker_cli, docker_host, DockerDaemon};
+
 /// Sandbox kinds the suite runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Executor {
     /// runc-based namespaces + cgroups + seccomp.
     Native,
+    /// Containers of a real `dockerd` (`FAAS_DOCKER_HOST`).
+    Docker,
 }
 
 impl Executor {
@@ -27,6 +33,7 @@ impl Executor {
     pub fn as_str(self) -> &'static str {
         match self {
             Executor::Native => "native",
+            Executor::Docker => "docker",
         }
     }
 }
@@ -40,6 +47,14 @@ macro_rules! executor_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::Executor::Native).await
+                }
+            )*
+        }
+        mod docker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Executor::Docker).await
                 }
             )*
         }
@@ -92,6 +107,17 @@ pub fn missing_prerequisite(executor: Executor) -> Option<String> {
                 return Some("runc is not installed (apt-get install runc)".into());
             }
         }
+        Executor::Docker => {
+            let Some(host) = docker_host() else {
+                return Some(
+                    "FAAS_DOCKER_HOST is not set (./scripts/test starts a dockerd and sets it)"
+                        .into(),
+                );
+            };
+            if !docker::ping(&host) {
+                return Some(format!("no Docker daemon answers at {host}"));
+            }
+        }
     }
     None
 }
@@ -128,6 +154,7 @@ pub struct TestServer {
     pub executor: Executor,
     data: tempfile::TempDir,
     cgroup_parent: String,
+    docker_host: Option<String>,
     extra_args: Vec<String>,
     child: Option<Child>,
     http: reqwest::Client,
@@ -141,6 +168,15 @@ impl TestServer {
 
     /// Start a server with extra `faas serve` flags.
     pub async fn start_with(executor: Executor, extra_args: &[&str]) -> TestServer {
+        Self::start_on(executor, docker_host(), extra_args).await
+    }
+
+    /// Start a server using the Docker daemon at `docker_host` (for the Docker sandbox).
+    pub async fn start_on(
+        executor: Executor,
+        docker_host: Option<String>,
+        extra_args: &[&str],
+    ) -> TestServer {
         let data = tempfile::Builder::new()
             .prefix("faas-test-")
             .tempdir()
@@ -153,12 +189,20 @@ impl TestServer {
                 "faas-test-{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
+            docker_host,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             http: reqwest::Client::new(),
         };
         server.spawn().await;
         server
+    }
+
+    /// The `faas.owner` label of this server's containers (see `faas serve`).
+    pub fn docker_owner(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let dir = self.data.path().canonicalize().expect("data dir");
+        hex::encode(&Sha256::digest(dir.to_string_lossy().as_bytes())[..8])
     }
 
     /// The cgroup under which this server's instances live.
@@ -174,9 +218,17 @@ impl TestServer {
     async fn spawn(&mut self) {
         let port = free_port();
         self.url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(self.data.path().join("server.log")).expect("log file");
-        let child = Command::new(faas_bin())
-            .arg("serve")
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("server.log"))
+            .expect("log file");
+        let mut cmd = Command::new(faas_bin());
+        cmd.arg("serve");
+        if let Some(host) = &self.docker_host {
+            cmd.args(["--docker-host", host]);
+        }
+        let child = cmd
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(self.data.path())
@@ -295,6 +347,18 @@ impl TestServer {
                         found.push(format!("cgroup {}", child.path().display()));
                     }
                 }
+            }
+        }
+        if self.executor == Executor::Docker {
+            if let Some(host) = &self.docker_host {
+                for id in docker::containers_of(host, &self.docker_owner()) {
+                    found.push(format!("docker container {id}"));
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data.path().join("run/docker")) {
+            for e in entries.flatten() {
+                found.push(format!("docker instance dir {}", e.path().display()));
             }
         }
         let data = self.data.path().to_string_lossy().to_string();

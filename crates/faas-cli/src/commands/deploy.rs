@@ -39,6 +39,9 @@ pub struct DeployArgs {
     /// A dependency to install: pip or npm specifier (repeatable).
     #[arg(long = "dep", value_name = "SPEC")]
     dependencies: Vec<String>,
+    /// Sandbox kind (native, docker) if the node offers more than its default.
+    #[arg(long)]
+    sandbox: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -86,6 +89,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         timeout_sec: args.timeout_sec,
         files: None,
         env,
+        sandbox: args.sandbox.clone(),
     };
     let client = Client::new(&args.server)?;
     let info: FunctionInfo = client

@@ -1,8 +1,8 @@
-//! `faas serve`: gateway + orchestrator + sandbox in one process.
+//! `faas serve`: gateway + orchestrator + sandboxes in one process.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use faas_common::Language;
+use faas_executor::docker::{DockerConfig, DockerSandbox};
 use faas_executor::native::{NativeConfig, NativeSandbox};
+use faas_executor::{ImageRef, Sandbox};
 use faas_images::ImageStore;
-use faas_orchestrator::{Orchestrator, OrchestratorConfig};
+use faas_orchestrator::{Orchestrator, OrchestratorConfig, Sandboxes};
 
 use crate::config::FileConfig;
 
@@ -28,9 +30,12 @@ pub struct ServeArgs {
     /// State directory: database, code, dependency layers, sandboxes [default: /var/lib/faas].
     #[arg(long, env = "FAAS_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Sandbox kind [default: native].
-    #[arg(long, env = "FAAS_EXECUTOR_TYPE", value_parser = ["native"])]
+    /// Default sandbox kind: native or docker [default: native].
+    #[arg(long, env = "FAAS_EXECUTOR_TYPE", value_parser = crate::config::SANDBOX_KINDS)]
     executor: Option<String>,
+    /// Further sandbox kinds functions may choose with `"sandbox"` (comma-separated).
+    #[arg(long, env = "FAAS_ALLOWED_SANDBOXES", value_delimiter = ',')]
+    allow_sandbox: Option<Vec<String>>,
     /// Where runtime images are built and cached [default: DATA_DIR/images].
     #[arg(long, env = "FAAS_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
@@ -46,12 +51,15 @@ pub struct ServeArgs {
     /// Most instances alive at once [default: 32].
     #[arg(long, env = "FAAS_MAX_INSTANCES")]
     max_instances: Option<usize>,
-    /// Parent cgroup of sandbox instances [default: faas].
+    /// Parent cgroup of native sandbox instances [default: faas].
     #[arg(long, env = "FAAS_CGROUP_PARENT")]
     cgroup_parent: Option<String>,
     /// runc binary [default: runc].
     #[arg(long, env = "FAAS_RUNC")]
     runc: Option<PathBuf>,
+    /// Docker daemon socket, unix:///path [default: DOCKER_HOST, else /var/run/docker.sock].
+    #[arg(long, env = "FAAS_DOCKER_HOST")]
+    docker_host: Option<String>,
 }
 
 /// Run until SIGINT or SIGTERM; then stop every instance before exiting.
@@ -62,7 +70,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         None => FileConfig::default(),
     };
     let defaults = OrchestratorConfig::default();
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or(defaults.data_dir.clone());
     let addr: SocketAddr = match args.addr {
         Some(a) => a,
         None => file
@@ -72,18 +84,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .parse()
             .context("invalid addr in config file")?,
     };
-    let executor = args
-        .executor
-        .or(file.executor)
-        .unwrap_or_else(|| "native".into());
-    if executor != "native" {
-        bail!("executor {executor:?} is not available in this build (supported: native)");
-    }
+    let kinds = sandbox_kinds(&args, &file)?;
     let images_dir = args
         .images_dir
-        .or(file.images_dir)
+        .clone()
+        .or(file.images_dir.clone())
         .unwrap_or_else(|| data_dir.join("images"));
-    let agent = crate::config::agent_path(args.agent_path.or(file.agent_path))?;
+    let agent = crate::config::agent_path(args.agent_path.clone().or(file.agent_path.clone()))?;
 
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -98,29 +105,26 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .ensure(lang, &agent, false, &progress)
             .await
             .with_context(|| format!("cannot build the {lang} runtime image"))?;
-        images.insert(lang, image.rootfs);
+        images.insert(
+            lang,
+            ImageRef {
+                rootfs: image.rootfs,
+                hash: image.hash,
+            },
+        );
     }
 
-    let n = file.native;
-    let native_defaults = NativeConfig::default();
-    let native = NativeConfig {
-        runc: args.runc.or(n.runc).unwrap_or(native_defaults.runc),
-        state_dir: data_dir.join("run/runc"),
-        instances_dir: data_dir.join("run/instances"),
-        cgroup_parent: args
-            .cgroup_parent
-            .or(n.cgroup_parent)
-            .unwrap_or(native_defaults.cgroup_parent),
-        sandbox_uid: n.sandbox_uid.unwrap_or(native_defaults.sandbox_uid),
-        pids_limit: n.pids_limit.unwrap_or(native_defaults.pids_limit),
-        cpu_quota_us: n.cpu_quota_us.unwrap_or(native_defaults.cpu_quota_us),
-        tmp_mb: n.tmp_mb.unwrap_or(native_defaults.tmp_mb),
-        userns_base: n.userns_base,
-        ..native_defaults
-    };
-    let sandbox = NativeSandbox::new(native, images)
-        .await
-        .context("cannot start the native sandbox")?;
+    let mut built = Vec::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        let is_default = i == 0;
+        built.push(build_sandbox(kind, is_default, &args, &file, &data_dir, &images).await?);
+    }
+    let mut built = built.into_iter();
+    let mut sandboxes = Sandboxes::new(built.next().expect("the default kind is first"));
+    for other in built {
+        sandboxes = sandboxes.allow(other);
+    }
+
     let config = OrchestratorConfig {
         data_dir: data_dir.clone(),
         max_payload_bytes: args
@@ -142,7 +146,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         code_limits: defaults.code_limits,
     };
     let orchestrator = Arc::new(
-        Orchestrator::new(config, Arc::new(sandbox))
+        Orchestrator::new(config, sandboxes)
             .await
             .context("cannot open the platform state")?,
     );
@@ -152,7 +156,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("listener address")?;
     tracing::info!(
-        "listening on http://{local} (executor {executor}, data {})",
+        "listening on http://{local} (sandboxes {}, data {})",
+        kinds.join(", "),
         data_dir.display()
     );
     eprintln!("faas: listening on http://{local}");
@@ -163,6 +168,111 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     orchestrator.shutdown().await;
     served.context("server error")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The default kind first, then the others functions may choose.
+fn sandbox_kinds(args: &ServeArgs, file: &FileConfig) -> Result<Vec<String>> {
+    let default = args
+        .executor
+        .clone()
+        .or(file.executor.clone())
+        .unwrap_or_else(|| "native".into());
+    let mut kinds = vec![default];
+    let others = args
+        .allow_sandbox
+        .clone()
+        .or(file.allowed_sandboxes.clone())
+        .unwrap_or_default();
+    for kind in others {
+        crate::config::check_kind(&kind)?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+async fn build_sandbox(
+    kind: &str,
+    is_default: bool,
+    args: &ServeArgs,
+    file: &FileConfig,
+    data_dir: &Path,
+    images: &HashMap<Language, ImageRef>,
+) -> Result<Arc<dyn Sandbox>> {
+    match kind {
+        "native" => {
+            let config = native_config(args, file, data_dir);
+            let native = NativeSandbox::new(config, images.clone())
+                .await
+                .context("cannot start the native sandbox")?;
+            Ok(Arc::new(native))
+        }
+        "docker" => {
+            let host = args
+                .docker_host
+                .clone()
+                .or(file.docker.host.clone())
+                .or_else(|| std::env::var("DOCKER_HOST").ok());
+            let docker = DockerSandbox::new(docker_config(host, file, data_dir), images.clone())
+                .await
+                .context("cannot set up the docker sandbox")?;
+            if let Err(e) = docker.ping().await {
+                if is_default {
+                    bail!("docker is the default sandbox but its daemon does not answer: {e}");
+                }
+                tracing::warn!("docker sandbox enabled but its daemon does not answer yet: {e}");
+            }
+            Ok(Arc::new(docker))
+        }
+        other => bail!("sandbox kind {other:?} is not available in this build"),
+    }
+}
+
+fn native_config(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> NativeConfig {
+    let n = &file.native;
+    let defaults = NativeConfig::default();
+    NativeConfig {
+        runc: args
+            .runc
+            .clone()
+            .or(n.runc.clone())
+            .unwrap_or(defaults.runc),
+        state_dir: data_dir.join("run/runc"),
+        instances_dir: data_dir.join("run/instances"),
+        cgroup_parent: args
+            .cgroup_parent
+            .clone()
+            .or(n.cgroup_parent.clone())
+            .unwrap_or(defaults.cgroup_parent),
+        sandbox_uid: n.sandbox_uid.unwrap_or(defaults.sandbox_uid),
+        pids_limit: n.pids_limit.unwrap_or(defaults.pids_limit),
+        cpu_quota_us: n.cpu_quota_us.unwrap_or(defaults.cpu_quota_us),
+        tmp_mb: n.tmp_mb.unwrap_or(defaults.tmp_mb),
+        userns_base: n.userns_base,
+        ..defaults
+    }
+}
+
+fn docker_config(host: Option<String>, file: &FileConfig, data_dir: &Path) -> DockerConfig {
+    let d = &file.docker;
+    let defaults = DockerConfig::default();
+    DockerConfig {
+        host,
+        instances_dir: data_dir.join("run/docker"),
+        // Containers are ours when they carry our data dir's digest: several
+        // servers on one daemon never reap each other's.
+        owner: hex_digest(data_dir.to_string_lossy().as_bytes()),
+        pids_limit: d.pids_limit.unwrap_or(defaults.pids_limit),
+        cpus: d.cpus.unwrap_or(defaults.cpus),
+        tmp_mb: d.tmp_mb.unwrap_or(defaults.tmp_mb),
+        ..defaults
+    }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(bytes)[..8])
 }
 
 async fn shutdown_signal() {

@@ -1,11 +1,10 @@
 //! One native sandbox instance and the guard that removes it.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -15,8 +14,8 @@ use tokio::process::{Child, Command};
 use super::cgroup::CgroupLayout;
 use super::spec::{self, InstanceMounts, AGENT_SOCKET};
 use super::NativeConfig;
-use crate::agent::{AgentConn, AgentReply};
-use crate::{ExecutorError, Instance, InstanceSpec, InvokeOutput};
+use crate::instance::{AgentInstance, Backend};
+use crate::{ExecutorError, InstanceSpec};
 
 /// Line the agent prints once its socket is listening.
 const READY_LINE: &str = "FAAS_AGENT_READY";
@@ -90,157 +89,122 @@ impl Drop for InstanceGuard {
     }
 }
 
-/// A running native instance.
-pub struct NativeInstance {
+/// The native side of an instance: its guard, and its memory cgroup for OOM checks.
+pub struct NativeBackend {
     guard: InstanceGuard,
-    conn: AgentConn<UnixStream>,
     cgroups: CgroupLayout,
     memory_dir: Option<PathBuf>,
-    memory_mb: u32,
     oom_seen: u64,
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
-impl NativeInstance {
-    pub(super) async fn start(
-        config: &NativeConfig,
-        cgroups: &CgroupLayout,
-        rootfs: &Path,
-        spec: InstanceSpec,
-    ) -> Result<NativeInstance, ExecutorError> {
-        let id = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        let dir = config.instances_dir.join(&id);
-        // The guard exists before anything is created, so every early return cleans up.
-        let mut guard = InstanceGuard {
-            id: id.clone(),
-            dir: dir.clone(),
-            runc: config.runc.clone(),
-            state_dir: config.state_dir.clone(),
-            child: None,
-            done: false,
-        };
-        let socket_dir = dir.join("sock");
-        tokio::fs::create_dir_all(&socket_dir)
-            .await
-            .map_err(ExecutorError::io(format!(
-                "create {}",
-                socket_dir.display()
-            )))?;
-        let owner = config.userns_base.unwrap_or(0) + config.sandbox_uid;
-        std::os::unix::fs::chown(&socket_dir, Some(owner), Some(owner))
-            .map_err(ExecutorError::io("chown socket dir"))?;
-        tokio::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map_err(ExecutorError::io("chmod socket dir"))?;
+/// Start a native instance of `spec` on `rootfs`.
+pub(super) async fn start(
+    config: &NativeConfig,
+    cgroups: &CgroupLayout,
+    rootfs: &Path,
+    spec: InstanceSpec,
+) -> Result<AgentInstance<NativeBackend>, ExecutorError> {
+    let id = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let dir = config.instances_dir.join(&id);
+    // The guard exists before anything is created, so every early return cleans up.
+    let mut guard = InstanceGuard {
+        id: id.clone(),
+        dir: dir.clone(),
+        runc: config.runc.clone(),
+        state_dir: config.state_dir.clone(),
+        child: None,
+        done: false,
+    };
+    let socket_dir = dir.join("sock");
+    crate::make_socket_dir(
+        &socket_dir,
+        config.userns_base.unwrap_or(0) + config.sandbox_uid,
+    )
+    .await?;
 
-        let oci = spec::build(
-            config,
-            &id,
-            spec.memory_mb,
-            &InstanceMounts {
-                rootfs,
-                socket_dir: &socket_dir,
-                code_dir: spec.code_dir.as_deref(),
-                deps_dir: spec.deps_dir.as_deref(),
-            },
-        )?;
-        let json = serde_json::to_vec(&oci)
-            .map_err(|e| ExecutorError::Start(format!("serialize spec: {e}")))?;
-        tokio::fs::write(dir.join("config.json"), json)
-            .await
-            .map_err(ExecutorError::io("write config.json"))?;
+    let oci = spec::build(
+        config,
+        &id,
+        spec.memory_mb,
+        &InstanceMounts {
+            rootfs,
+            socket_dir: &socket_dir,
+            code_dir: spec.code_dir.as_deref(),
+            deps_dir: spec.deps_dir.as_deref(),
+        },
+    )?;
+    let json = serde_json::to_vec(&oci)
+        .map_err(|e| ExecutorError::Start(format!("serialize spec: {e}")))?;
+    tokio::fs::write(dir.join("config.json"), json)
+        .await
+        .map_err(ExecutorError::io("write config.json"))?;
 
-        let mut child = Command::new(&config.runc)
-            .arg("--root")
-            .arg(&config.state_dir)
-            .args(["run", "--no-new-keyring", "--bundle"])
-            .arg(&dir)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                ExecutorError::Start(format!("cannot run {}: {e}", config.runc.display()))
-            })?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr_pipe = child.stderr.take().expect("piped");
-        guard.child = Some(child);
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        tokio::spawn(keep_tail(stderr_pipe, stderr.clone()));
+    let mut child = Command::new(&config.runc)
+        .arg("--root")
+        .arg(&config.state_dir)
+        .args(["run", "--no-new-keyring", "--bundle"])
+        .arg(&dir)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ExecutorError::Start(format!("cannot run {}: {e}", config.runc.display())))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr_pipe = child.stderr.take().expect("piped");
+    guard.child = Some(child);
+    let stderr = Arc::new(Mutex::new(VecDeque::new()));
+    tokio::spawn(keep_tail(stderr_pipe, stderr.clone()));
 
-        let ready = tokio::time::timeout(config.start_timeout, wait_ready(stdout)).await;
-        let tail = || stderr_tail(&stderr);
-        match ready {
-            Ok(true) => {}
-            Ok(false) => {
-                // runc exited before the agent came up: give stderr a moment to arrive.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                return Err(ExecutorError::Start(format!(
-                    "sandbox exited during start: {}",
-                    tail()
-                )));
-            }
-            Err(_) => {
-                return Err(ExecutorError::Start(format!(
-                    "agent not ready after {:?}: {}",
-                    config.start_timeout,
-                    tail()
-                )))
-            }
+    let ready = tokio::time::timeout(config.start_timeout, wait_ready(stdout)).await;
+    let tail = || stderr_tail(&stderr);
+    match ready {
+        Ok(true) => {}
+        Ok(false) => {
+            // runc exited before the agent came up: give stderr a moment to arrive.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Err(ExecutorError::Start(format!(
+                "sandbox exited during start: {}",
+                tail()
+            )));
         }
-        let stream = UnixStream::connect(socket_dir.join(AGENT_SOCKET))
-            .await
-            .map_err(ExecutorError::io("connect to agent"))?;
-        let memory_dir = cgroups.memory_dir(&format!("/{}/{}", config.cgroup_parent, id));
-        let mut instance = NativeInstance {
-            guard,
-            conn: AgentConn::new(stream),
-            cgroups: cgroups.clone(),
-            memory_dir,
-            memory_mb: spec.memory_mb,
-            oom_seen: 0,
-            stderr,
-        };
-        if let Some(init) = spec.init {
-            match tokio::time::timeout(config.start_timeout, instance.conn.init(init)).await {
-                Ok(Ok(_ready)) => {}
-                Ok(Err(e)) => {
-                    instance.guard.destroy().await;
-                    return Err(instance.classify(e));
-                }
-                Err(_) => {
-                    instance.guard.destroy().await;
-                    return Err(ExecutorError::Start(format!(
-                        "handler did not load within {:?}",
-                        config.start_timeout
-                    )));
-                }
-            }
-        }
-        Ok(instance)
-    }
-
-    /// Turn a failure into OutOfMemory when the OOM killer struck since the last look.
-    fn classify(&mut self, err: ExecutorError) -> ExecutorError {
-        let logs = err.logs().unwrap_or_default().to_string();
-        if self.oom_struck() {
-            return ExecutorError::OutOfMemory {
-                limit_mb: self.memory_mb,
-                logs,
-            };
-        }
-        match err {
-            ExecutorError::Protocol(e) => ExecutorError::Crashed {
-                reason: format!("lost the agent ({e}); {}", stderr_tail(&self.stderr)),
-                logs,
-            },
-            other => other,
+        Err(_) => {
+            return Err(ExecutorError::Start(format!(
+                "agent not ready after {:?}: {}",
+                config.start_timeout,
+                tail()
+            )))
         }
     }
+    let stream = UnixStream::connect(socket_dir.join(AGENT_SOCKET))
+        .await
+        .map_err(ExecutorError::io("connect to agent"))?;
+    let backend = NativeBackend {
+        guard,
+        cgroups: cgroups.clone(),
+        memory_dir: cgroups.memory_dir(&format!("/{}/{}", config.cgroup_parent, id)),
+        oom_seen: 0,
+        stderr,
+    };
+    AgentInstance::start(
+        backend,
+        stream,
+        spec.memory_mb,
+        spec.init,
+        config.start_timeout,
+    )
+    .await
+}
 
-    fn oom_struck(&mut self) -> bool {
+#[async_trait]
+impl Backend for NativeBackend {
+    fn id(&self) -> &str {
+        &self.guard.id
+    }
+
+    async fn oom_struck(&mut self) -> bool {
         let Some(dir) = &self.memory_dir else {
             return false;
         };
@@ -250,69 +214,11 @@ impl NativeInstance {
         struck
     }
 
-    /// Interpret the outcome of a timed agent call.
-    fn settle(
-        &mut self,
-        timeout: Duration,
-        reply: Result<Result<AgentReply, ExecutorError>, tokio::time::error::Elapsed>,
-    ) -> Result<InvokeOutput, ExecutorError> {
-        let Ok(reply) = reply else {
-            return Err(ExecutorError::Timeout { after: timeout });
-        };
-        match reply {
-            Ok(AgentReply::Done(out)) => {
-                // A child the handler started may have been OOM-killed while the
-                // handler survived; say so rather than report a bare failure.
-                if (out.error.is_some() || out.exit_code.is_some_and(|c| c != 0))
-                    && self.oom_struck()
-                {
-                    return Err(ExecutorError::OutOfMemory {
-                        limit_mb: self.memory_mb,
-                        logs: out.logs,
-                    });
-                }
-                Ok(out)
-            }
-            Ok(AgentReply::RuntimeExited { reason, logs }) => {
-                Err(self.classify(ExecutorError::Crashed { reason, logs }))
-            }
-            Err(e) => Err(self.classify(e)),
-        }
-    }
-}
-
-#[async_trait]
-impl Instance for NativeInstance {
-    fn id(&self) -> &str {
-        &self.guard.id
+    async fn diagnose(&mut self) -> String {
+        stderr_tail(&self.stderr)
     }
 
-    async fn invoke(
-        &mut self,
-        request_id: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<InvokeOutput, ExecutorError> {
-        let deadline_ms = unix_ms() + timeout.as_millis() as u64;
-        let call = self.conn.invoke(request_id, deadline_ms, payload);
-        let reply = tokio::time::timeout(timeout, call).await;
-        self.settle(timeout, reply)
-    }
-
-    async fn exec(
-        &mut self,
-        request_id: &str,
-        command: Vec<String>,
-        env: Vec<String>,
-        stdin: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<InvokeOutput, ExecutorError> {
-        let call = self.conn.exec(request_id, command, env, stdin);
-        let reply = tokio::time::timeout(timeout, call).await;
-        self.settle(timeout, reply)
-    }
-
-    async fn destroy(mut self: Box<Self>) {
+    async fn destroy(&mut self) {
         self.guard.destroy().await;
     }
 }
@@ -347,13 +253,6 @@ fn stderr_tail(tail: &Mutex<VecDeque<String>>) -> String {
         return "no output".into();
     }
     t.iter().cloned().collect::<Vec<_>>().join(" | ")
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 /// Delete every container in our runc state directory and every bundle directory:

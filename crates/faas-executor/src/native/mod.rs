@@ -18,9 +18,8 @@ use async_trait::async_trait;
 use faas_common::Language;
 use tokio::process::Command;
 
-use crate::{ExecutorError, Instance, InstanceSpec, Sandbox};
+use crate::{ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox};
 pub use cgroup::CgroupLayout;
-use instance::NativeInstance;
 
 /// Settings of the native sandbox.
 #[derive(Debug, Clone)]
@@ -70,7 +69,7 @@ impl Default for NativeConfig {
 /// Starts native sandbox instances.
 pub struct NativeSandbox {
     config: NativeConfig,
-    images: HashMap<Language, PathBuf>,
+    images: HashMap<Language, ImageRef>,
     cgroups: CgroupLayout,
 }
 
@@ -80,7 +79,7 @@ impl NativeSandbox {
     /// Fails when `runc` is missing or the state directories cannot be made.
     pub async fn new(
         config: NativeConfig,
-        images: HashMap<Language, PathBuf>,
+        images: HashMap<Language, ImageRef>,
     ) -> Result<Self, ExecutorError> {
         let version = Command::new(&config.runc)
             .arg("--version")
@@ -127,7 +126,7 @@ impl Sandbox for NativeSandbox {
             .images
             .get(&spec.language)
             .ok_or_else(|| ExecutorError::ImageMissing(spec.language.to_string()))?;
-        let instance = NativeInstance::start(&self.config, &self.cgroups, rootfs, spec).await?;
+        let instance = instance::start(&self.config, &self.cgroups, &rootfs.rootfs, spec).await?;
         Ok(Box::new(instance))
     }
 

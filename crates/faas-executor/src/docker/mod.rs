@@ -1,0 +1,545 @@
+//! The Docker sandbox: the same runtime images (`docker import`ed from the
+//! root filesystems), the same guest agent and the same guarantees as the
+//! native sandbox, through a real `dockerd` (bollard).
+//!
+//! Every container carries the labels `faas.managed=true` and
+//! `faas.owner=<owner>`; a server removes its own leftovers at start.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::container::{
+    Config, CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+};
+use bollard::image::CreateImageOptions;
+use bollard::models::HostConfig;
+use bollard::Docker;
+use faas_common::Language;
+use futures_util::StreamExt;
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+
+use crate::instance::{AgentInstance, Backend};
+use crate::native::spec::{AGENT_SOCKET, GUEST_SOCKET_DIR};
+use crate::{
+    ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox, GUEST_CODE_DIR, GUEST_DEPS_DIR,
+};
+
+/// Label on every container we create.
+pub const LABEL_MANAGED: &str = "faas.managed";
+/// Label naming the server that owns a container.
+pub const LABEL_OWNER: &str = "faas.owner";
+
+/// Settings of the Docker sandbox.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Daemon socket (`unix:///path`); `None`: `DOCKER_HOST` or `/var/run/docker.sock`.
+    pub host: Option<String>,
+    /// Per-instance directories (the agent's socket).
+    pub instances_dir: PathBuf,
+    /// Value of the `faas.owner` label: which server's containers are whose.
+    pub owner: String,
+    /// uid and gid functions run as.
+    pub sandbox_uid: u32,
+    /// Most processes per container.
+    pub pids_limit: i64,
+    /// CPUs per container (`--cpus`).
+    pub cpus: f64,
+    /// Size of `/tmp`, MiB (capped at the memory limit).
+    pub tmp_mb: u32,
+    /// How long a container may take to start its agent.
+    pub start_timeout: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            host: None,
+            instances_dir: PathBuf::from("/run/faas/docker"),
+            owner: "default".into(),
+            sandbox_uid: 1000,
+            pids_limit: 128,
+            cpus: 1.0,
+            tmp_mb: 64,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Starts Docker containers as sandbox instances.
+pub struct DockerSandbox {
+    docker: Docker,
+    config: DockerConfig,
+    images: HashMap<Language, ImageRef>,
+    /// Images known to be in the daemon; cleared for one when it goes missing.
+    imported: Mutex<HashSet<Language>>,
+    /// Containers whose removal failed (daemon down); retried at the next start.
+    orphans: Orphans,
+}
+
+type Orphans = Arc<std::sync::Mutex<Vec<String>>>;
+
+impl DockerSandbox {
+    /// A sandbox talking to the daemon at `config.host`. Does not need the daemon
+    /// to be up yet: images are imported when first needed.
+    pub async fn new(
+        config: DockerConfig,
+        images: HashMap<Language, ImageRef>,
+    ) -> Result<Self, ExecutorError> {
+        let docker = match &config.host {
+            Some(h) => Docker::connect_with_unix(h, 120, bollard::API_DEFAULT_VERSION),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|e| ExecutorError::Start(format!("cannot use the Docker daemon: {e}")))?;
+        tokio::fs::create_dir_all(&config.instances_dir)
+            .await
+            .map_err(ExecutorError::io(format!(
+                "create {}",
+                config.instances_dir.display()
+            )))?;
+        Ok(DockerSandbox {
+            docker,
+            config,
+            images,
+            imported: Mutex::new(HashSet::new()),
+            orphans: Orphans::default(),
+        })
+    }
+
+    /// Whether the daemon answers.
+    pub async fn ping(&self) -> Result<(), ExecutorError> {
+        self.docker.ping().await.map(|_| ()).map_err(daemon_error)
+    }
+
+    /// The tag of `lang`'s image, importing the root filesystem if the daemon lacks it.
+    async fn image(&self, lang: Language) -> Result<String, ExecutorError> {
+        let image = self
+            .images
+            .get(&lang)
+            .ok_or_else(|| ExecutorError::ImageMissing(lang.to_string()))?;
+        let tag = image_tag(lang, &image.hash);
+        let mut imported = self.imported.lock().await;
+        if imported.contains(&lang) {
+            return Ok(tag);
+        }
+        match self.docker.inspect_image(&tag).await {
+            Ok(_) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                import(&self.docker, &image.rootfs, lang, &image.hash).await?;
+            }
+            Err(e) => return Err(daemon_error(e)),
+        }
+        imported.insert(lang);
+        Ok(tag)
+    }
+
+    /// Retry removals that failed while the daemon was away.
+    async fn remove_orphans(&self) {
+        let pending = std::mem::take(&mut *self.orphans.lock().expect("orphans lock"));
+        for name in pending {
+            match self.docker.remove_container(&name, Some(force())).await {
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(_) => self.orphans.lock().expect("orphans lock").push(name),
+            }
+        }
+    }
+
+    async fn forget_image(&self, lang: Language) {
+        self.imported.lock().await.remove(&lang);
+    }
+
+    fn host_config(&self, spec: &InstanceSpec, socket_dir: &Path) -> HostConfig {
+        let memory = i64::from(spec.memory_mb) * 1024 * 1024;
+        let tmp_mb = self.config.tmp_mb.min(spec.memory_mb);
+        let mut binds = vec![format!("{}:{GUEST_SOCKET_DIR}:rw", socket_dir.display())];
+        if let Some(code) = &spec.code_dir {
+            binds.push(format!("{}:{GUEST_CODE_DIR}:ro", code.display()));
+        }
+        if let Some(deps) = &spec.deps_dir {
+            binds.push(format!("{}:{GUEST_DEPS_DIR}:ro", deps.display()));
+        }
+        HostConfig {
+            memory: Some(memory),
+            // memory+swap equal to memory: no swapping past the limit.
+            memory_swap: Some(memory),
+            nano_cpus: Some((self.config.cpus * 1e9) as i64),
+            pids_limit: Some(self.config.pids_limit),
+            network_mode: Some("none".into()),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_string(),
+                format!("rw,nosuid,nodev,size={tmp_mb}m,mode=1777"),
+            )])),
+            cap_drop: Some(vec!["ALL".into()]),
+            // Docker's default seccomp profile stays in force; no-new-privileges on top.
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            binds: Some(binds),
+            // The agent reaps orphans itself as PID 1.
+            init: Some(false),
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
+        self.remove_orphans().await;
+        let tag = self.image(spec.language).await?;
+        let name = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let dir = self.config.instances_dir.join(&name);
+        let mut backend = DockerBackend {
+            docker: self.docker.clone(),
+            name: name.clone(),
+            dir: dir.clone(),
+            created: false,
+            done: false,
+            orphans: self.orphans.clone(),
+        };
+        let socket_dir = dir.join("sock");
+        crate::make_socket_dir(&socket_dir, self.config.sandbox_uid).await?;
+        let env: Vec<String> = crate::base_env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let config = Config {
+            image: Some(tag.clone()),
+            cmd: Some(vec![
+                "/opt/faas/bin/faas-guest-agent".to_string(),
+                "--listen".into(),
+                format!("unix:{GUEST_SOCKET_DIR}/{AGENT_SOCKET}"),
+            ]),
+            user: Some(format!("{0}:{0}", self.config.sandbox_uid)),
+            env: Some(env),
+            working_dir: Some("/tmp".into()),
+            hostname: Some("faas".into()),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_OWNER.to_string(), self.config.owner.clone()),
+            ])),
+            host_config: Some(self.host_config(&spec, &socket_dir)),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: name.as_str(),
+                    platform: None,
+                }),
+                config,
+            )
+            .await;
+        match created {
+            Ok(_) => backend.created = true,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) => {
+                // Someone removed our image: import it again for the next call.
+                self.forget_image(spec.language).await;
+                backend.destroy().await;
+                return Err(ExecutorError::Start(format!(
+                    "runtime image {tag} is missing from Docker ({message}); it is re-imported for the next invocation"
+                )));
+            }
+            Err(e) => {
+                backend.destroy().await;
+                return Err(daemon_error(e));
+            }
+        }
+        if let Err(e) = self.docker.start_container::<String>(&name, None).await {
+            backend.destroy().await;
+            return Err(daemon_error(e));
+        }
+        let stream = match wait_for_agent(
+            &mut backend,
+            &socket_dir.join(AGENT_SOCKET),
+            self.config.start_timeout,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                backend.destroy().await;
+                return Err(e);
+            }
+        };
+        let instance = AgentInstance::start(
+            backend,
+            stream,
+            spec.memory_mb,
+            spec.init,
+            self.config.start_timeout,
+        )
+        .await?;
+        Ok(Box::new(instance))
+    }
+
+    async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_OWNER}={}", self.config.owner)],
+        )]);
+        let mut removed = 0;
+        match self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+        {
+            Ok(list) => {
+                for c in list {
+                    if let Some(id) = c.id {
+                        let _ = self.docker.remove_container(&id, Some(force())).await;
+                        removed += 1;
+                    }
+                }
+            }
+            // A daemon that is down has no containers to leak into our view now;
+            // the next start looks again.
+            Err(e) => tracing::warn!("cannot list leftover containers: {e}"),
+        }
+        if let Ok(mut entries) = tokio::fs::read_dir(&self.config.instances_dir).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let _ = tokio::fs::remove_dir_all(entry.path()).await;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// `faas-runtime-python:<hash>`.
+pub fn image_tag(lang: Language, hash: &str) -> String {
+    format!("faas-runtime-{lang}:{hash}")
+}
+
+/// `docker import` of a root filesystem directory.
+async fn import(
+    docker: &Docker,
+    rootfs: &Path,
+    lang: Language,
+    hash: &str,
+) -> Result<(), ExecutorError> {
+    let started = Instant::now();
+    let dir = rootfs.to_path_buf();
+    let tarball = tokio::task::spawn_blocking(move || {
+        let mut b = tar::Builder::new(Vec::new());
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &dir)?;
+        b.into_inner()
+    })
+    .await
+    .map_err(|e| ExecutorError::Start(format!("archive task: {e}")))?
+    .map_err(ExecutorError::io(format!("archive {}", rootfs.display())))?;
+    let repo = format!("faas-runtime-{lang}");
+    let mut stream = docker.create_image(
+        Some(CreateImageOptions {
+            from_src: "-",
+            repo: repo.as_str(),
+            tag: hash,
+            ..Default::default()
+        }),
+        Some(tarball.into()),
+        None,
+    );
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(daemon_error)?;
+        if let Some(err) = info.error {
+            return Err(ExecutorError::Start(format!(
+                "docker import of {repo}:{hash} failed: {err}"
+            )));
+        }
+    }
+    tracing::info!(
+        "imported {repo}:{hash} into Docker in {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Connect to the agent once it listens; fail early if the container exits.
+async fn wait_for_agent(
+    backend: &mut DockerBackend,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<UnixStream, ExecutorError> {
+    let deadline = Instant::now() + timeout;
+    let mut next_check = Instant::now() + Duration::from_millis(100);
+    loop {
+        if let Ok(stream) = UnixStream::connect(socket).await {
+            return Ok(stream);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ExecutorError::Start(format!(
+                "agent not ready after {timeout:?}: {}",
+                backend.diagnose().await
+            )));
+        }
+        if now >= next_check {
+            next_check = now + Duration::from_millis(100);
+            if !backend.running().await {
+                return Err(ExecutorError::Start(format!(
+                    "container exited during start: {}",
+                    backend.diagnose().await
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+fn force() -> RemoveContainerOptions {
+    RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    }
+}
+
+fn daemon_error(e: bollard::errors::Error) -> ExecutorError {
+    ExecutorError::Start(format!("docker: {e}"))
+}
+
+/// One container and its socket directory.
+pub struct DockerBackend {
+    docker: Docker,
+    name: String,
+    dir: PathBuf,
+    created: bool,
+    done: bool,
+    orphans: Orphans,
+}
+
+impl DockerBackend {
+    async fn running(&self) -> bool {
+        match self.docker.inspect_container(&self.name, None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn id(&self) -> &str {
+        &self.name
+    }
+
+    async fn oom_struck(&mut self) -> bool {
+        match self.docker.inspect_container(&self.name, None).await {
+            Ok(c) => c.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    async fn diagnose(&mut self) -> String {
+        let state = match self.docker.inspect_container(&self.name, None).await {
+            Ok(c) => match c.state {
+                Some(s) if s.running == Some(true) => "container running".to_string(),
+                Some(s) => format!(
+                    "container exited with code {}{}",
+                    s.exit_code.unwrap_or_default(),
+                    s.error
+                        .filter(|e| !e.is_empty())
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+                None => "container state unknown".into(),
+            },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => "container was removed".into(),
+            Err(e) => format!("docker: {e}"),
+        };
+        let mut logs = self.docker.logs::<String>(
+            &self.name,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "10".into(),
+                ..Default::default()
+            }),
+        );
+        let mut tail = String::new();
+        while let Some(Ok(line)) = logs.next().await {
+            tail.push_str(line.to_string().trim_end());
+            tail.push_str(" | ");
+        }
+        if tail.is_empty() {
+            state
+        } else {
+            format!("{state}; output: {}", tail.trim_end_matches(" | "))
+        }
+    }
+
+    async fn destroy(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if self.created {
+            if let Err(e) = self
+                .docker
+                .remove_container(&self.name, Some(force()))
+                .await
+            {
+                if !matches!(
+                    e,
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }
+                ) {
+                    tracing::warn!("cannot remove container {} yet: {e}", self.name);
+                    self.orphans
+                        .lock()
+                        .expect("orphans lock")
+                        .push(self.name.clone());
+                }
+            }
+        }
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+}
+
+impl Drop for DockerBackend {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (docker, name, dir, created) = (
+            self.docker.clone(),
+            self.name.clone(),
+            self.dir.clone(),
+            self.created,
+        );
+        // Drop cannot await; hand the removal to the runtime if there is one.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if created {
+                    let _ = docker.remove_container(&name, Some(force())).await;
+                }
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            });
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! What every agent-based instance shares, whatever holds the agent: the
+//! conversation over the agent's socket, deadlines, and turning a lost agent into
+//! the right error (timeout, out of memory, crash). A [`Backend`] supplies the
+//! sandbox-specific parts: how to tell an OOM kill, what the sandbox says when the
+//! agent is lost, and how to tear it down.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use faas_common::protocol::InitSpec;
+use tokio::net::UnixStream;
+
+use crate::agent::{AgentConn, AgentReply};
+use crate::{ExecutorError, Instance, InvokeOutput};
+
+/// The sandbox-specific side of an instance.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Instance id (container name, cgroup name).
+    fn id(&self) -> &str;
+    /// Whether the OOM killer struck in this sandbox since the last call.
+    async fn oom_struck(&mut self) -> bool;
+    /// What the sandbox itself reports after the agent was lost (exit status, stderr).
+    async fn diagnose(&mut self) -> String;
+    /// Remove everything the sandbox has on the host.
+    async fn destroy(&mut self);
+}
+
+/// An instance: a backend plus a connected agent.
+pub(crate) struct AgentInstance<B: Backend> {
+    backend: B,
+    conn: AgentConn<UnixStream>,
+    memory_mb: u32,
+}
+
+impl<B: Backend> AgentInstance<B> {
+    /// Wrap a started sandbox whose agent accepted `stream`; load the handler if
+    /// `init` is given. On failure the sandbox is destroyed before returning.
+    pub(crate) async fn start(
+        backend: B,
+        stream: UnixStream,
+        memory_mb: u32,
+        init: Option<InitSpec>,
+        load_timeout: Duration,
+    ) -> Result<Self, ExecutorError> {
+        let mut instance = AgentInstance {
+            backend,
+            conn: AgentConn::new(stream),
+            memory_mb,
+        };
+        let Some(init) = init else {
+            return Ok(instance);
+        };
+        let err = match tokio::time::timeout(load_timeout, instance.conn.init(init)).await {
+            Ok(Ok(_ready)) => return Ok(instance),
+            Ok(Err(e)) => instance.classify(e).await,
+            Err(_) => ExecutorError::Start(format!("handler did not load within {load_timeout:?}")),
+        };
+        instance.backend.destroy().await;
+        Err(err)
+    }
+
+    /// Turn a failure into OutOfMemory when the OOM killer struck, and a lost
+    /// agent into a crash report with what the sandbox says.
+    async fn classify(&mut self, err: ExecutorError) -> ExecutorError {
+        let logs = err.logs().unwrap_or_default().to_string();
+        if self.backend.oom_struck().await {
+            return ExecutorError::OutOfMemory {
+                limit_mb: self.memory_mb,
+                logs,
+            };
+        }
+        match err {
+            ExecutorError::Protocol(e) => ExecutorError::Crashed {
+                reason: format!("lost the agent ({e}); {}", self.backend.diagnose().await),
+                logs,
+            },
+            other => other,
+        }
+    }
+
+    /// Interpret the outcome of a timed agent call.
+    async fn settle(
+        &mut self,
+        timeout: Duration,
+        reply: Result<Result<AgentReply, ExecutorError>, tokio::time::error::Elapsed>,
+    ) -> Result<InvokeOutput, ExecutorError> {
+        let Ok(reply) = reply else {
+            return Err(ExecutorError::Timeout { after: timeout });
+        };
+        match reply {
+            Ok(AgentReply::Done(out)) => {
+                // A child the handler started may have been OOM-killed while the
+                // handler survived; say so rather than report a bare failure.
+                if (out.error.is_some() || out.exit_code.is_some_and(|c| c != 0))
+                    && self.backend.oom_struck().await
+                {
+                    return Err(ExecutorError::OutOfMemory {
+                        limit_mb: self.memory_mb,
+                        logs: out.logs,
+                    });
+                }
+                Ok(out)
+            }
+            Ok(AgentReply::RuntimeExited { reason, logs }) => {
+                Err(self.classify(ExecutorError::Crashed { reason, logs }).await)
+            }
+            Err(e) => Err(self.classify(e).await),
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Instance for AgentInstance<B> {
+    fn id(&self) -> &str {
+        self.backend.id()
+    }
+
+    async fn invoke(
+        &mut self,
+        request_id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InvokeOutput, ExecutorError> {
+        let deadline_ms = unix_ms() + timeout.as_millis() as u64;
+        let call = self.conn.invoke(request_id, deadline_ms, payload);
+        let reply = tokio::time::timeout(timeout, call).await;
+        self.settle(timeout, reply).await
+    }
+
+    async fn exec(
+        &mut self,
+        request_id: &str,
+        command: Vec<String>,
+        env: Vec<String>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InvokeOutput, ExecutorError> {
+        let call = self.conn.exec(request_id, command, env, stdin);
+        let reply = tokio::time::timeout(timeout, call).await;
+        self.settle(timeout, reply).await
+    }
+
+    async fn destroy(mut self: Box<Self>) {
+        self.backend.destroy().await;
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
