@@ -16,7 +16,7 @@ need_root() {
 
 # Debian packages the platform and its tests use. Installed only when missing.
 install_packages() {
-    local want=(runc mmdebstrap ca-certificates curl)
+    local want=(runc mmdebstrap ca-certificates curl docker.io)
     command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || want+=(python3 python3-pip)
     command -v npm >/dev/null || want+=(npm)
     command -v cc >/dev/null || want+=(build-essential)
@@ -49,4 +49,35 @@ build_images() {
     local bin=$1
     step "runtime images in $FAAS_IMAGES_DIR (first build takes a minute or two)"
     "$bin/faas" images build --images-dir "$FAAS_IMAGES_DIR" --agent-path "$bin/faas-guest-agent"
+}
+
+# A dockerd of our own on its own socket, data and exec roots: the tests use it
+# through FAAS_DOCKER_HOST, and stop_dockerd ends it.
+DOCKER_SOCK=/run/faas-docker.sock
+DOCKER_PID=/run/faas-docker.pid
+start_dockerd() {
+    stop_dockerd
+    step "starting dockerd on $DOCKER_SOCK (log $FAAS_CACHE/dockerd.log)"
+    mkdir -p "$FAAS_CACHE/docker"
+    dockerd --host "unix://$DOCKER_SOCK" --data-root "$FAAS_CACHE/docker" \
+        --exec-root /run/faas-docker --pidfile "$DOCKER_PID" \
+        --iptables=false --ip6tables=false --bridge=none \
+        >"$FAAS_CACHE/dockerd.log" 2>&1 &
+    for _ in $(seq 1 150); do
+        curl -fsS --unix-socket "$DOCKER_SOCK" http://docker/_ping >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    curl -fsS --unix-socket "$DOCKER_SOCK" http://docker/_ping >/dev/null \
+        || { tail -20 "$FAAS_CACHE/dockerd.log" >&2; die "dockerd did not start"; }
+    export FAAS_DOCKER_HOST=unix://$DOCKER_SOCK
+}
+
+stop_dockerd() {
+    if [ -f "$DOCKER_PID" ] && kill -0 "$(cat "$DOCKER_PID")" 2>/dev/null; then
+        local pid
+        pid=$(cat "$DOCKER_PID")
+        kill -TERM "$pid"
+        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    fi
+    rm -f "$DOCKER_PID"
 }

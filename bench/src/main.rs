@@ -52,6 +52,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let executor = match args.executor.as_str() {
         "native" => Executor::Native,
+        "docker" => Executor::Docker,
         other => bail!("unknown executor {other}"),
     };
     if let Some(why) = faas_tester::missing_prerequisite(executor) {

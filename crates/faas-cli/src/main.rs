@@ -37,6 +37,8 @@ enum Command {
     Status(commands::manage::StatusArgs),
     /// Run a command once in a runtime image with stdin as its input (`POST /execute`).
     Exec(commands::invoke::ExecArgs),
+    /// Check what this machine can run: sandboxes, KVM, Docker, TEEs.
+    Doctor(commands::doctor::DoctorArgs),
     /// Manage runtime images.
     Images {
         #[command(subcommand)]
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Rm(a) => commands::manage::rm(a).await,
             Command::Logs(a) => commands::manage::logs(a).await,
             Command::Status(a) => commands::manage::status(a).await,
+            Command::Doctor(a) => commands::doctor::run(a).await,
             Command::Images { command } => commands::images::run(command).await,
         }
     });

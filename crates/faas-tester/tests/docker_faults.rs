@@ -120,5 +120,8 @@ async fn wait_until_only(host: &str, owner: &str, n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the killed container was not removed");
+    panic!(
+        "expected {n} container(s) of ours, found {:?}",
+        faas_tester::docker::containers_of(host, owner)
+    );
 }

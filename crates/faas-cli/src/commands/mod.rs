@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod deploy;
+pub mod doctor;
 pub mod images;
 pub mod invoke;
 pub mod manage;
