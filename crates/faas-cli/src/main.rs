@@ -37,6 +37,11 @@ enum Command {
     Status(commands::manage::StatusArgs),
     /// Run a command once in a runtime image with stdin as its input (`POST /execute`).
     Exec(commands::invoke::ExecArgs),
+    /// Bind Blueprint job ids to functions (the SDK's HTTP FaaS protocol).
+    Jobs {
+        #[command(subcommand)]
+        command: commands::jobs::JobsCommand,
+    },
     /// Check what this machine can run: sandboxes, KVM, Docker, TEEs.
     Doctor(commands::doctor::DoctorArgs),
     /// Manage runtime images.
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
             Command::Logs(a) => commands::manage::logs(a).await,
             Command::Status(a) => commands::manage::status(a).await,
             Command::Doctor(a) => commands::doctor::run(a).await,
+            Command::Jobs { command } => commands::jobs::run(command).await,
             Command::Images { command } => commands::images::run(command).await,
         }
     });

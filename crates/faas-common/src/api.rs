@@ -102,3 +102,45 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<String>,
 }
+
+/// A Blueprint job id bound to a function (`PUT /jobs/{job_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBinding {
+    /// Blueprint job id.
+    pub job_id: u32,
+    /// Function name.
+    pub function: String,
+    /// Function id.
+    pub function_id: String,
+}
+
+/// `GET /jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    /// Every binding, by job id.
+    pub jobs: Vec<JobBinding>,
+}
+
+/// Body of `PUT /jobs/{job_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindJob {
+    /// Function name or id.
+    pub function: String,
+}
+
+/// The Blueprint SDK's HTTP FaaS request (`POST /job/{job_id}`): ABI-encoded job
+/// arguments as a JSON array of byte values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaasJobRequest {
+    /// Job id; must match the path.
+    pub job_id: u32,
+    /// Raw job arguments.
+    pub args: Vec<u8>,
+}
+
+/// The Blueprint SDK's HTTP FaaS response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaasJobResponse {
+    /// Raw job result.
+    pub result: Vec<u8>,
+}

@@ -14,11 +14,35 @@ pub enum Language {
     Node,
     /// POSIX shell: payload on stdin, response on stdout.
     Shell,
+    /// A native executable: payload on stdin, response on stdout.
+    Native,
 }
 
 impl Language {
     /// Every supported language, in a stable order.
-    pub const ALL: [Language; 3] = [Language::Python, Language::Node, Language::Shell];
+    pub const ALL: [Language; 4] = [
+        Language::Python,
+        Language::Node,
+        Language::Shell,
+        Language::Native,
+    ];
+
+    /// The languages that have a runtime image of their own.
+    pub const IMAGES: [Language; 3] = [Language::Python, Language::Node, Language::Shell];
+
+    /// The runtime image this language runs in (native executables use the
+    /// shell image: a plain Debian userland).
+    pub fn image(self) -> Language {
+        match self {
+            Language::Native => Language::Shell,
+            other => other,
+        }
+    }
+
+    /// Whether the handler is a file run once per invocation (no resident bootstrap).
+    pub fn is_process_per_call(self) -> bool {
+        matches!(self, Language::Shell | Language::Native)
+    }
 
     /// The lowercase name used in the API and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -26,6 +50,7 @@ impl Language {
             Language::Python => "python",
             Language::Node => "node",
             Language::Shell => "shell",
+            Language::Native => "native",
         }
     }
 }
@@ -38,7 +63,7 @@ impl fmt::Display for Language {
 
 /// Error for a language name that is not supported.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown language {0:?} (expected one of: python, node, shell)")]
+#[error("unknown language {0:?} (expected one of: python, node, shell, native)")]
 pub struct UnknownLanguage(pub String);
 
 impl FromStr for Language {
@@ -49,6 +74,7 @@ impl FromStr for Language {
             "python" | "python3" => Ok(Language::Python),
             "node" | "nodejs" | "javascript" => Ok(Language::Node),
             "shell" | "sh" | "bash" => Ok(Language::Shell),
+            "native" | "binary" => Ok(Language::Native),
             other => Err(UnknownLanguage(other.to_string())),
         }
     }

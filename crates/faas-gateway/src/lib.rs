@@ -10,9 +10,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use faas_common::api::{ErrorBody, FunctionList, InvocationList};
+use faas_common::api::{
+    BindJob, ErrorBody, FaasJobRequest, FaasJobResponse, FunctionList, InvocationList, JobList,
+};
 use faas_common::{ExecuteFunctionArgs, FunctionDefinition};
 use faas_orchestrator::{FailureKind, Orchestrator, OrchestratorError};
 use serde::Deserialize;
@@ -38,6 +40,8 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
     let payload_limit = orchestrator.config().max_payload_bytes;
     // base64 grows a payload by a third; bound `/execute`'s JSON accordingly.
     let execute_limit = payload_limit / 3 * 4 + 64 * 1024;
+    // The SDK sends job arguments as a JSON array of numbers: up to 4 bytes each.
+    let job_limit = payload_limit * 4 + 64 * 1024;
     Router::new()
         .route(
             "/functions",
@@ -55,6 +59,14 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
         .route(
             "/execute",
             post(execute).layer(DefaultBodyLimit::max(execute_limit)),
+        )
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/{job_id}", put(bind_job).delete(unbind_job))
+        .route(
+            "/job/{job_id}",
+            post(run_job)
+                .layer(DefaultBodyLimit::max(job_limit))
+                .head(job_health),
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -233,6 +245,60 @@ async fn execute(
 ) -> Result<Response, ApiError> {
     let args: ExecuteFunctionArgs = parse_json(&body(read)?)?;
     Ok(Json(o.execute(args).await?).into_response())
+}
+
+async fn list_jobs(State(o): Orch) -> Result<Json<JobList>, ApiError> {
+    Ok(Json(JobList {
+        jobs: o.jobs().await?,
+    }))
+}
+
+async fn bind_job(
+    State(o): Orch,
+    Path(job_id): Path<u32>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: BindJob = parse_json(&body(read)?)?;
+    Ok(Json(o.bind_job(job_id, &req.function).await?).into_response())
+}
+
+async fn unbind_job(State(o): Orch, Path(job_id): Path<u32>) -> Result<Response, ApiError> {
+    o.unbind_job(job_id).await?;
+    Ok(Json(json!({"unbound": job_id})).into_response())
+}
+
+/// The Blueprint SDK's HTTP FaaS protocol: the bound function gets the raw
+/// job arguments and returns the raw result.
+async fn run_job(
+    State(o): Orch,
+    Path(job_id): Path<u32>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: FaasJobRequest = parse_json(&body(read)?)?;
+    if req.job_id != job_id {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "body job_id {} does not match the path's {job_id}",
+                req.job_id
+            ),
+        ));
+    }
+    let inv = o.invoke_job(job_id, req.args).await?;
+    let mut resp = Json(FaasJobResponse { result: inv.body }).into_response();
+    if let Ok(id) = HeaderValue::from_str(&inv.request_id) {
+        resp.headers_mut().insert(headers::REQUEST_ID, id);
+    }
+    Ok(resp)
+}
+
+/// `HEAD /job/{job_id}`: 200 when a function is bound, 404 otherwise.
+async fn job_health(State(o): Orch, Path(job_id): Path<u32>) -> StatusCode {
+    match o.job(job_id).await {
+        Ok(Some(_)) => StatusCode::OK,
+        Ok(None) => StatusCode::NOT_FOUND,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 async fn healthz(State(o): Orch) -> Result<Response, ApiError> {

@@ -6,8 +6,8 @@
 //! `[u32 header_len][u32 body_len][JSON header][body]`. The bootstrap's stdout and
 //! stderr share one pipe that the agent reads as the function's logs; after each
 //! reply the bootstrap writes an end marker to it, so the agent knows which log
-//! lines belong to which invocation. Shell functions and `Exec` run one process
-//! per call.
+//! lines belong to which invocation. Shell scripts, native executables and
+//! `Exec` run one process per call.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -73,8 +73,8 @@ impl Outcome {
 pub enum Runtime {
     /// Python or Node.js bootstrap process.
     Bootstrap(Bootstrap),
-    /// Shell: one `sh` per invocation.
-    Shell(InitSpec),
+    /// Shell script or native executable: one process per invocation.
+    Process(InitSpec),
 }
 
 impl Runtime {
@@ -87,7 +87,7 @@ impl Runtime {
             init_us: started.elapsed().as_micros() as u64,
         };
         match spec.language {
-            Language::Shell => {
+            Language::Shell | Language::Native => {
                 let script = format!("{}/{}", spec.code_dir, spec.handler);
                 if std::fs::metadata(&script).is_err() {
                     return (
@@ -95,7 +95,7 @@ impl Runtime {
                         ready(Some(format!("handler {script} not found")), String::new()),
                     );
                 }
-                (Some(Runtime::Shell(spec)), ready(None, String::new()))
+                (Some(Runtime::Process(spec)), ready(None, String::new()))
             }
             Language::Python | Language::Node => match Bootstrap::spawn(&spec) {
                 Ok((b, logs)) => (Some(Runtime::Bootstrap(b)), ready(None, logs)),
@@ -108,10 +108,14 @@ impl Runtime {
     pub fn invoke(&mut self, request_id: &str, deadline_ms: u64, payload: Vec<u8>) -> Outcome {
         match self {
             Runtime::Bootstrap(b) => b.invoke(request_id, deadline_ms, payload),
-            Runtime::Shell(spec) => {
-                let script = format!("{}/{}", spec.code_dir, spec.handler);
-                let mut argv = shebang(&script).unwrap_or_else(|| vec!["/bin/sh".into()]);
-                argv.push(script);
+            Runtime::Process(spec) => {
+                let path = format!("{}/{}", spec.code_dir, spec.handler);
+                let mut argv = match spec.language {
+                    // A native executable runs as itself.
+                    Language::Native => Vec::new(),
+                    _ => shebang(&path).unwrap_or_else(|| vec!["/bin/sh".into()]),
+                };
+                argv.push(path);
                 let mut env = function_env(spec);
                 env.insert("FAAS_REQUEST_ID".into(), request_id.into());
                 env.insert("FAAS_DEADLINE_MS".into(), deadline_ms.to_string());
@@ -348,7 +352,9 @@ impl Bootstrap {
         let (program, script) = match spec.language {
             Language::Python => ("python3", format!("{BOOTSTRAP_DIR}/python.py")),
             Language::Node => ("node", format!("{BOOTSTRAP_DIR}/node.js")),
-            Language::Shell => unreachable!("shell has no bootstrap"),
+            Language::Shell | Language::Native => {
+                unreachable!("no bootstrap for {}", spec.language)
+            }
         };
         let io = |e: std::io::Error| (format!("cannot start {program}: {e}"), String::new());
         let (to_child_r, to_child_w) = std::io::pipe().map_err(io)?;

@@ -54,7 +54,7 @@ pub(crate) fn packages(lang: Language) -> &'static [&'static str] {
         Language::Python => &["python3"],
         Language::Node => &["nodejs"],
         // dash, bash, coreutils, sed, grep, ... are all essential.
-        Language::Shell => &[],
+        Language::Shell | Language::Native => &[],
     }
 }
 
@@ -206,14 +206,17 @@ mod tests {
 
     #[test]
     fn languages_have_distinct_bases_and_stable_hashes() {
-        let hashes: Vec<String> = Language::ALL
+        let hashes: Vec<String> = Language::IMAGES
             .iter()
             .map(|l| BaseRecipe::for_language(*l).hash())
             .collect();
         assert_ne!(hashes[0], hashes[1]);
         assert_ne!(hashes[1], hashes[2]);
         assert_ne!(hashes[0], hashes[2]);
-        assert_eq!(hashes[0], BaseRecipe::for_language(Language::ALL[0]).hash());
+        assert_eq!(
+            hashes[0],
+            BaseRecipe::for_language(Language::IMAGES[0]).hash()
+        );
         assert_eq!(hashes[0].len(), 64);
         assert_eq!(short(&hashes[0]).len(), SHORT_HASH_LEN);
     }

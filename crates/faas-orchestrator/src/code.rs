@@ -91,7 +91,7 @@ impl CodeTree {
                     tree.add_tar_gz(&bytes, limits)?;
                 } else {
                     let name = single_file_name(language, handler)?;
-                    tree.add_file(&name, bytes, language == Language::Shell, limits)?;
+                    tree.add_file(&name, bytes, language.is_process_per_call(), limits)?;
                 }
             }
         }
@@ -344,7 +344,7 @@ impl CodeTree {
 /// Where a single uploaded file goes, from the handler.
 fn single_file_name(language: Language, handler: &str) -> Result<String, OrchestratorError> {
     match language {
-        Language::Shell => Ok(handler.to_string()),
+        Language::Shell | Language::Native => Ok(handler.to_string()),
         Language::Python | Language::Node => {
             let (module, _) = split_handler(handler)?;
             let ext = if language == Language::Python {
@@ -385,12 +385,10 @@ pub fn check_handler(
     handler: &str,
 ) -> Result<(), OrchestratorError> {
     match language {
-        Language::Shell => {
+        Language::Shell | Language::Native => {
             let path = clean_path(handler)?;
             if !tree.contains_file(&path) {
-                return Err(bad(format!(
-                    "handler script {handler:?} is not in the code"
-                )));
+                return Err(bad(format!("handler {handler:?} is not in the code")));
             }
         }
         Language::Python | Language::Node => {

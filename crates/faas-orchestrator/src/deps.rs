@@ -134,10 +134,10 @@ fn layer_key(language: Language, sorted: &[String]) -> String {
 }
 
 fn validate(language: Language, deps: &[String]) -> Result<(), OrchestratorError> {
-    if language == Language::Shell {
-        return Err(OrchestratorError::BadRequest(
-            "shell functions cannot declare dependencies".into(),
-        ));
+    if language.is_process_per_call() {
+        return Err(OrchestratorError::BadRequest(format!(
+            "{language} functions cannot declare dependencies"
+        )));
     }
     if deps.len() > MAX_DEPENDENCIES {
         return Err(OrchestratorError::BadRequest(format!(
@@ -203,7 +203,7 @@ async fn run_installer(
             .args(deps);
             c
         }
-        Language::Shell => unreachable!("validated"),
+        Language::Shell | Language::Native => unreachable!("validated"),
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -31,8 +31,8 @@ pub enum OrchestratorError {
     /// The request is invalid (400).
     #[error("{0}")]
     BadRequest(String),
-    /// No such function (404).
-    #[error("function {0:?} not found")]
+    /// No such function or job binding (404).
+    #[error("{0} not found")]
     NotFound(String),
     /// Payload or code over a limit (413).
     #[error("{0}")]

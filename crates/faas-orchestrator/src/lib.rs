@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use faas_common::api::{FunctionInfo, FunctionStatus, InvocationRecord};
+use faas_common::api::{FunctionInfo, FunctionStatus, InvocationRecord, JobBinding};
 use faas_common::protocol::InitSpec;
 use faas_common::{
     ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig,
@@ -299,6 +299,44 @@ impl Orchestrator {
         self.pool.retire(&id, u32::MAX);
         tracing::info!(function = %name, "deleted");
         Ok((id, name))
+    }
+
+    /// Bind Blueprint job `job_id` to a function: `POST /job/{job_id}` then invokes it.
+    pub async fn bind_job(
+        &self,
+        job_id: u32,
+        function: &str,
+    ) -> Result<JobBinding, OrchestratorError> {
+        let binding = self.store.bind_job(job_id, function).await?;
+        tracing::info!(job_id, function = %binding.function, "job bound");
+        Ok(binding)
+    }
+
+    /// Remove a job binding.
+    pub async fn unbind_job(&self, job_id: u32) -> Result<(), OrchestratorError> {
+        self.store.unbind_job(job_id).await
+    }
+
+    /// Every job binding.
+    pub async fn jobs(&self) -> Result<Vec<JobBinding>, OrchestratorError> {
+        self.store.jobs().await
+    }
+
+    /// The binding of `job_id`, if any.
+    pub async fn job(&self, job_id: u32) -> Result<Option<JobBinding>, OrchestratorError> {
+        self.store.job(job_id).await
+    }
+
+    /// Invoke the function bound to `job_id` with the raw job arguments.
+    pub async fn invoke_job(
+        self: &Arc<Self>,
+        job_id: u32,
+        args: Vec<u8>,
+    ) -> Result<Invocation, OrchestratorError> {
+        let binding = self.store.job(job_id).await?.ok_or_else(|| {
+            OrchestratorError::NotFound(format!("function bound to job {job_id}"))
+        })?;
+        self.invoke(&binding.function_id, args).await
     }
 
     /// Instance and invocation counts.

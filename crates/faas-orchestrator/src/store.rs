@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use faas_common::api::{FunctionInfo, InvocationRecord};
+use faas_common::api::{FunctionInfo, InvocationRecord, JobBinding};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,11 @@ impl Store {
                 function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
                 record TEXT NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);",
+            CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);
+            CREATE TABLE IF NOT EXISTS jobs (
+                job_id INTEGER PRIMARY KEY,
+                function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE
+            );",
         )?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -134,7 +138,7 @@ impl Store {
                 .optional()?;
             match spec {
                 Some(s) => Ok(serde_json::from_str(&s)?),
-                None => Err(OrchestratorError::NotFound(key)),
+                None => Err(OrchestratorError::NotFound(format!("function {key:?}"))),
             }
         })
         .await
@@ -171,11 +175,86 @@ impl Store {
                 )
                 .optional()?;
             let Some((id, name)) = row else {
-                return Err(OrchestratorError::NotFound(key));
+                return Err(OrchestratorError::NotFound(format!("function {key:?}")));
             };
             tx.execute("DELETE FROM functions WHERE id = ?1", [&id])?;
             tx.commit()?;
             Ok((id, name))
+        })
+        .await
+    }
+
+    /// Bind `job_id` to the function with this id or name (replacing any binding).
+    pub async fn bind_job(
+        &self,
+        job_id: u32,
+        function: &str,
+    ) -> Result<JobBinding, OrchestratorError> {
+        let key = function.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let row: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT id, name FROM functions WHERE id = ?1 OR name = ?1",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((function_id, name)) = row else {
+                return Err(OrchestratorError::NotFound(format!("function {key:?}")));
+            };
+            tx.execute(
+                "INSERT INTO jobs (job_id, function_id) VALUES (?1, ?2)
+                 ON CONFLICT(job_id) DO UPDATE SET function_id = excluded.function_id",
+                params![job_id, function_id],
+            )?;
+            tx.commit()?;
+            Ok(JobBinding {
+                job_id,
+                function: name,
+                function_id,
+            })
+        })
+        .await
+    }
+
+    /// Remove the binding of `job_id`.
+    pub async fn unbind_job(&self, job_id: u32) -> Result<(), OrchestratorError> {
+        self.with(move |conn| {
+            match conn.execute("DELETE FROM jobs WHERE job_id = ?1", [job_id])? {
+                0 => Err(OrchestratorError::NotFound(format!(
+                    "binding of job {job_id}"
+                ))),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The binding of `job_id`, if any.
+    pub async fn job(&self, job_id: u32) -> Result<Option<JobBinding>, OrchestratorError> {
+        Ok(self.jobs_where(Some(job_id)).await?.into_iter().next())
+    }
+
+    /// Every binding, by job id.
+    pub async fn jobs(&self) -> Result<Vec<JobBinding>, OrchestratorError> {
+        self.jobs_where(None).await
+    }
+
+    async fn jobs_where(&self, job_id: Option<u32>) -> Result<Vec<JobBinding>, OrchestratorError> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT j.job_id, f.name, f.id FROM jobs j JOIN functions f ON f.id = j.function_id
+                 WHERE ?1 IS NULL OR j.job_id = ?1 ORDER BY j.job_id",
+            )?;
+            let rows = stmt.query_map([job_id], |r| {
+                Ok(JobBinding {
+                    job_id: r.get(0)?,
+                    function: r.get(1)?,
+                    function_id: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -23,7 +23,7 @@ async fn docker_faults_give_clean_errors_and_recover() {
         .tempdir()
         .unwrap();
     let mut daemon = DockerDaemon::start(dir.path());
-    let mut s = TestServer::start_on(Executor::Docker, Some(daemon.host.clone()), &[]).await;
+    let s = TestServer::start_on(Executor::Docker, Some(daemon.host.clone()), &[]).await;
     s.deploy("slow", "python", "m.handler", &[("m.py", SLOW)], json!({}))
         .await;
     assert_eq!(s.invoke_json("slow", json!({})).await, json!("ok"));

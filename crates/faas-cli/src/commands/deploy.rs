@@ -63,7 +63,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
     };
     let handler = match (&args.handler, meta.is_file()) {
         (Some(h), _) => h.clone(),
-        (None, true) if language == Language::Shell => file_name(&args.path)?,
+        (None, true) if language.is_process_per_call() => file_name(&args.path)?,
         (None, true) => format!("{stem}.handler"),
         (None, false) => bail!("--handler is required when deploying a directory"),
     };

@@ -35,7 +35,7 @@ pub struct BuildArgs {
 pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
     let ImagesCommand::Build(args) = cmd;
     let languages: Vec<Language> = if args.languages.is_empty() || args.languages == ["all"] {
-        Language::ALL.to_vec()
+        Language::IMAGES.to_vec()
     } else {
         args.languages
             .iter()

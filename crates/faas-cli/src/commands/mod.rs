@@ -4,5 +4,6 @@ pub mod deploy;
 pub mod doctor;
 pub mod images;
 pub mod invoke;
+pub mod jobs;
 pub mod manage;
 pub mod serve;

@@ -99,7 +99,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     // Images first: the first start builds them, which takes a while; say so.
     let store = ImageStore::new(&images_dir);
     let mut images = HashMap::new();
-    for lang in Language::ALL {
+    for lang in Language::IMAGES {
         let progress = |line: &str| eprintln!("[images] {line}");
         let image = store
             .ensure(lang, &agent, false, &progress)

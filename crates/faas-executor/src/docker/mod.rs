@@ -197,7 +197,7 @@ impl Sandbox for DockerSandbox {
 
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
         self.remove_orphans().await;
-        let tag = self.image(spec.language).await?;
+        let tag = self.image(spec.language.image()).await?;
         let name = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         let dir = self.config.instances_dir.join(&name);
         let mut backend = DockerBackend {
@@ -249,7 +249,7 @@ impl Sandbox for DockerSandbox {
                 message,
             }) => {
                 // Someone removed our image: import it again for the next call.
-                self.forget_image(spec.language).await;
+                self.forget_image(spec.language.image()).await;
                 backend.destroy().await;
                 return Err(ExecutorError::Start(format!(
                     "runtime image {tag} is missing from Docker ({message}); it is re-imported for the next invocation"

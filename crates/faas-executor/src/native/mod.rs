@@ -124,7 +124,7 @@ impl Sandbox for NativeSandbox {
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
         let rootfs = self
             .images
-            .get(&spec.language)
+            .get(&spec.language.image())
             .ok_or_else(|| ExecutorError::ImageMissing(spec.language.to_string()))?;
         let instance = instance::start(&self.config, &self.cgroups, &rootfs.rootfs, spec).await?;
         Ok(Box::new(instance))
