@@ -96,8 +96,61 @@ impl Evidence {
         serde_json::to_string(self).expect("evidence always serializes")
     }
 
+    /// Evidence around a bare quote or report (read from a file, say): its report
+    /// data is taken from `raw` itself and no worker key or nonce is bound, so
+    /// verify it under a policy with `require_binding = false`.
+    pub fn from_raw(
+        kind: EvidenceKind,
+        raw: Vec<u8>,
+        certs: Option<Vec<u8>>,
+    ) -> Result<Self, RawEvidenceError> {
+        let offset = match kind {
+            EvidenceKind::Tdx => TDX_REPORT_DATA_OFFSET,
+            EvidenceKind::SevSnp => SNP_REPORT_DATA_OFFSET,
+            EvidenceKind::Simulated => return Err(RawEvidenceError::Simulated),
+        };
+        let report_data: [u8; 64] = raw
+            .get(offset..offset + 64)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(RawEvidenceError::TooShort {
+                kind,
+                len: raw.len(),
+            })?;
+        Ok(Evidence {
+            kind,
+            raw,
+            certs,
+            report_data,
+            worker_public_key: [0; 32],
+            nonce: Nonce([0; 32]),
+            produced_at: 0,
+        })
+    }
+
     /// The report data that `nonce` and `worker_public_key` should have produced.
     pub fn expected_report_data(&self) -> [u8; 64] {
         report_data_for(&self.nonce, &self.worker_public_key)
     }
+}
+
+/// Offset of the 64 report-data bytes in a TDX v4 quote: the 48-byte header,
+/// then 520 bytes into the TD report.
+const TDX_REPORT_DATA_OFFSET: usize = 48 + 520;
+/// Offset of the report data in an SEV-SNP attestation report.
+const SNP_REPORT_DATA_OFFSET: usize = 0x50;
+
+/// Why bare evidence could not be wrapped.
+#[derive(Debug, thiserror::Error)]
+pub enum RawEvidenceError {
+    /// Simulated evidence only exists inside a full [`Evidence`].
+    #[error("simulated evidence cannot be loaded from a bare quote")]
+    Simulated,
+    /// The bytes end before the report data.
+    #[error("{len} bytes are too short for a {kind} quote or report")]
+    TooShort {
+        /// Claimed kind.
+        kind: EvidenceKind,
+        /// Length given.
+        len: usize,
+    },
 }

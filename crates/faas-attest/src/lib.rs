@@ -25,7 +25,7 @@ pub use attester::{
     TsmAttester, TSM_REPORT_ROOT,
 };
 pub use collateral::{CollateralError, CollateralSource, PccsConfig, TdxCollateral};
-pub use evidence::{report_data_for, Evidence, EvidenceKind, REPORT_DATA_DOMAIN};
+pub use evidence::{report_data_for, Evidence, EvidenceKind, RawEvidenceError, REPORT_DATA_DOMAIN};
 pub use key::{verify_signature, KeyError, WorkerKey};
 pub use launch::{tdx_qemu_args, LaunchError, QgsSocket, TdxLaunchConfig};
 pub use nonce::{Nonce, NonceError, NonceStore};

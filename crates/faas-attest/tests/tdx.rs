@@ -305,3 +305,24 @@ fn evidence_json_round_trips() {
     assert_eq!(value["report_data"].as_str().unwrap().len(), 128);
     assert_eq!(faas_attest::Evidence::from_json(&json).unwrap(), evidence);
 }
+
+#[test]
+fn bare_quote_wraps_with_its_own_report_data() {
+    let evidence =
+        faas_attest::Evidence::from_raw(EvidenceKind::Tdx, TDX_QUOTE.to_vec(), None).unwrap();
+    assert_eq!(
+        &evidence.report_data[..],
+        &TDX_QUOTE[TDX_REPORT_DATA_OFFSET..TDX_REPORT_DATA_OFFSET + 64]
+    );
+    let v = verifier(sample_policy()).verify(
+        &evidence,
+        None,
+        Some(&collateral(TDX_COLLATERAL)),
+        TDX_SAMPLE_TIME,
+    );
+    assert!(v.ok, "{:?}", v.reasons);
+    assert!(faas_attest::Evidence::from_raw(EvidenceKind::Tdx, vec![0; 100], None).is_err());
+    assert!(
+        faas_attest::Evidence::from_raw(EvidenceKind::Simulated, TDX_QUOTE.to_vec(), None).is_err()
+    );
+}

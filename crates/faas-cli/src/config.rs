@@ -38,6 +38,25 @@ pub struct FileConfig {
     /// Docker sandbox settings.
     #[serde(default)]
     pub docker: DockerFileConfig,
+    /// Attestation settings.
+    #[serde(default)]
+    pub attestation: AttestationFileConfig,
+}
+
+/// `[attestation]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationFileConfig {
+    /// `auto` (the TEE if there is one), `simulated` (a TEE, else simulated evidence), `off`.
+    pub mode: Option<String>,
+    /// Policy file (JSON or TOML) the node's evidence must satisfy.
+    pub policy: Option<PathBuf>,
+    /// PCCS/PCS base URL for TDX collateral.
+    pub pccs_url: Option<String>,
+    /// TDX collateral file, for offline use.
+    pub collateral: Option<PathBuf>,
+    /// Seconds between fresh evidence.
+    pub refresh_sec: Option<u64>,
 }
 
 /// `[docker]` table.

@@ -42,6 +42,14 @@ enum Command {
         #[command(subcommand)]
         command: commands::jobs::JobsCommand,
     },
+    /// Verify attestation evidence from files.
+    Attest {
+        #[command(subcommand)]
+        command: commands::attest::AttestCommand,
+    },
+    /// Invoke an attested function and verify its signed result and the node's
+    /// fresh evidence end to end.
+    Verify(commands::attest::VerifyArgs),
     /// Check what this machine can run: sandboxes, KVM, Docker, TEEs.
     Doctor(commands::doctor::DoctorArgs),
     /// Manage runtime images.
@@ -71,6 +79,8 @@ fn main() -> ExitCode {
             Command::Logs(a) => commands::manage::logs(a).await,
             Command::Status(a) => commands::manage::status(a).await,
             Command::Doctor(a) => commands::doctor::run(a).await,
+            Command::Attest { command } => commands::attest::run(command).await,
+            Command::Verify(a) => commands::attest::verify(a).await,
             Command::Jobs { command } => commands::jobs::run(command).await,
             Command::Images { command } => commands::images::run(command).await,
         }

@@ -32,6 +32,9 @@ pub struct FunctionInfo {
     pub env: BTreeMap<String, String>,
     /// Sandbox kind it runs in.
     pub sandbox: String,
+    /// Attested hardware it requires (`tdx`, `sev_snp`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
     /// When this version was deployed (RFC 3339).
     pub created_at: String,
 }

@@ -113,6 +113,9 @@ pub struct FunctionDefinition {
     /// Sandbox kind (`native`, `docker`); the node's default when absent.
     #[serde(default)]
     pub sandbox: Option<String>,
+    /// Hardware the function must run on, verified by attestation: `tdx` or `sev-snp`.
+    #[serde(default)]
+    pub attestation: Option<String>,
 }
 
 /// The outcome of one invocation, as the original plan defined it.

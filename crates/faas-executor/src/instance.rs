@@ -20,6 +20,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn id(&self) -> &str;
     /// Whether the OOM killer struck in this sandbox since the last call.
     async fn oom_struck(&mut self) -> bool;
+    /// Whether memory use reached the limit since the last call. Asked only when
+    /// a process died of SIGKILL, which then makes the limit the likely killer.
+    async fn limit_hit(&mut self) -> bool {
+        false
+    }
     /// What the sandbox itself reports after the agent was lost (exit status, stderr).
     async fn diagnose(&mut self) -> String;
     /// Remove everything the sandbox has on the host.
@@ -64,7 +69,12 @@ impl<B: Backend> AgentInstance<B> {
     /// agent into a crash report with what the sandbox says.
     async fn classify(&mut self, err: ExecutorError) -> ExecutorError {
         let logs = err.logs().unwrap_or_default().to_string();
-        if self.backend.oom_struck().await {
+        let killed = match &err {
+            ExecutorError::Crashed { reason, .. } => reason.contains("signal 9"),
+            ExecutorError::Protocol(_) => true,
+            _ => false,
+        };
+        if self.oom_struck(killed).await {
             return ExecutorError::OutOfMemory {
                 limit_mb: self.memory_mb,
                 logs,
@@ -77,6 +87,28 @@ impl<B: Backend> AgentInstance<B> {
             },
             other => other,
         }
+    }
+
+    /// Whether the OOM killer struck. The kernel counts an OOM kill just after it
+    /// sends SIGKILL, and the victim's death can reach us first: when something was
+    /// killed, look again for a moment before calling it anything else.
+    async fn oom_struck(&mut self, killed: bool) -> bool {
+        if self.backend.oom_struck().await {
+            return true;
+        }
+        if !killed {
+            return false;
+        }
+        if self.backend.limit_hit().await {
+            return true;
+        }
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.backend.oom_struck().await {
+                return true;
+            }
+        }
+        false
     }
 
     /// Interpret the outcome of a timed agent call.
@@ -92,9 +124,10 @@ impl<B: Backend> AgentInstance<B> {
             Ok(AgentReply::Done(out)) => {
                 // A child the handler started may have been OOM-killed while the
                 // handler survived; say so rather than report a bare failure.
-                if (out.error.is_some() || out.exit_code.is_some_and(|c| c != 0))
-                    && self.backend.oom_struck().await
-                {
+                let failed = out.error.is_some() || out.exit_code.is_some_and(|c| c != 0);
+                // 137 = 128 + SIGKILL: how a shell reports a child the OOM killer took.
+                let killed = out.exit_code.is_none_or(|c| c == 137);
+                if failed && self.oom_struck(killed).await {
                     return Err(ExecutorError::OutOfMemory {
                         limit_mb: self.memory_mb,
                         logs: out.logs,

@@ -33,6 +33,10 @@ pub mod headers {
     pub const COLD_START: &str = "x-faas-cold-start";
     /// Function version that ran.
     pub const VERSION: &str = "x-faas-version";
+    /// For attested functions: `<kind>; simulated=<bool>; evidence=/attestation`.
+    pub const ATTESTATION: &str = "x-faas-attestation";
+    /// For attested functions: the worker key's signature over the result.
+    pub const SIGNATURE: &str = faas_attest::RESULT_SIGNATURE_HEADER;
 }
 
 /// The API's routes over `orchestrator`.
@@ -68,6 +72,7 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
                 .layer(DefaultBodyLimit::max(job_limit))
                 .head(job_health),
         )
+        .route("/attestation", get(attestation))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -110,6 +115,7 @@ impl From<OrchestratorError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             OrchestratorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OrchestratorError::Attestation(_) => StatusCode::PRECONDITION_FAILED,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!("{e}");
@@ -233,6 +239,18 @@ async fn invoke(
     );
     set(h, headers::COLD_START, inv.cold_start.to_string());
     set(h, headers::VERSION, inv.version.to_string());
+    if let Some(proof) = &inv.proof {
+        let simulated = proof.kind == faas_attest::EvidenceKind::Simulated;
+        set(
+            h,
+            headers::ATTESTATION,
+            format!(
+                "{}; simulated={simulated}; evidence=/attestation",
+                proof.kind
+            ),
+        );
+        set(h, headers::SIGNATURE, proof.signature.clone());
+    }
     if let Ok(ct) = HeaderValue::from_str(&inv.content_type) {
         h.insert(header::CONTENT_TYPE, ct);
     }
@@ -299,6 +317,46 @@ async fn job_health(State(o): Orch, Path(job_id): Path<u32>) -> StatusCode {
         Ok(None) => StatusCode::NOT_FOUND,
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+#[derive(Deserialize)]
+struct AttestationQuery {
+    /// 64 hex digits: fresh evidence over the caller's own nonce.
+    nonce: Option<String>,
+}
+
+/// The node's evidence and verdict; with `?nonce=`, fresh evidence bound to it.
+async fn attestation(
+    State(o): Orch,
+    Query(q): Query<AttestationQuery>,
+) -> Result<Response, ApiError> {
+    let node = o.attestation().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "attestation is not enabled on this node",
+        )
+    })?;
+    let attested = match q.nonce {
+        Some(hex) => {
+            let nonce = faas_attest::Nonce::from_hex(&hex)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("nonce: {e}")))?;
+            node.evidence_for(nonce).await?
+        }
+        None => node.current().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node has no attestation evidence right now",
+            )
+        })?,
+    };
+    Ok(Json(json!({
+        "simulated": attested.verdict.simulated,
+        "hardware": attested.verdict.hardware,
+        "evidence": attested.evidence,
+        "verdict": attested.verdict,
+        "collateral": attested.collateral,
+    }))
+    .into_response())
 }
 
 async fn healthz(State(o): Orch) -> Result<Response, ApiError> {

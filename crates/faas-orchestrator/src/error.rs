@@ -49,6 +49,9 @@ pub enum OrchestratorError {
         /// What the function printed.
         logs: String,
     },
+    /// The function requires attested hardware this node cannot prove (412).
+    #[error("{0}")]
+    Attestation(String),
     /// No capacity to run it now (503).
     #[error("{0}")]
     Unavailable(String),

@@ -5,6 +5,7 @@
 //! the warm-instance [`pool`] and the [`metrics`]. The gateway calls it; it calls
 //! a [`faas_executor::Sandbox`].
 
+pub mod attest;
 pub mod code;
 pub mod deps;
 mod error;
@@ -83,6 +84,8 @@ pub struct Invocation {
     pub cold_start: bool,
     /// Wall time, cold start included.
     pub duration: Duration,
+    /// Signature and evidence kind, for functions that require attestation.
+    pub proof: Option<attest::Proof>,
 }
 
 /// The sandbox kinds a node offers: a default, and others functions may ask for.
@@ -134,6 +137,7 @@ pub struct Orchestrator {
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
     deps: deps::DepsInstaller,
+    attestation: Option<Arc<attest::NodeAttestation>>,
 }
 
 impl Orchestrator {
@@ -170,7 +174,19 @@ impl Orchestrator {
             pool,
             metrics,
             deps,
+            attestation: None,
         })
+    }
+
+    /// Attest this node with `node`: functions that require attestation run only
+    /// while its verdict satisfies them, and their results are signed.
+    pub fn set_attestation(&mut self, node: Arc<attest::NodeAttestation>) {
+        self.attestation = Some(node);
+    }
+
+    /// The node's attestation, if it has one.
+    pub fn attestation(&self) -> Option<&Arc<attest::NodeAttestation>> {
+        self.attestation.as_ref()
     }
 
     /// The settings in force.
@@ -214,6 +230,12 @@ impl Orchestrator {
         for (k, v) in &def.env {
             validate_env(k, v)?;
         }
+        let attestation = def
+            .attestation
+            .as_deref()
+            .map(attest::parse_requirement)
+            .transpose()?
+            .map(|k| k.as_str().to_string());
         let sandbox = match def.sandbox.as_deref() {
             None => self.sandboxes.default_kind(),
             Some(kind) => self.sandboxes.get(kind).map(|s| s.kind()).ok_or_else(|| {
@@ -262,6 +284,7 @@ impl Orchestrator {
                     dependencies,
                     env,
                     sandbox: sandbox.to_string(),
+                    attestation,
                     created_at: now_rfc3339(),
                 },
                 deps_sha256: deps_sha,
@@ -402,6 +425,11 @@ impl Orchestrator {
             version: info.version,
         };
         let timeout = Duration::from_secs(info.timeout_sec.into());
+        // Attested functions: refuse before any sandbox starts, never fall back.
+        let attested_kind = match &info.attestation {
+            None => None,
+            Some(required) => Some(self.admit(&info.name, required)?),
+        };
         let Some(sandbox) = self.sandboxes.get(&info.sandbox) else {
             return Err(OrchestratorError::Unavailable(format!(
                 "function {} needs the {} sandbox, which this node no longer offers",
@@ -499,6 +527,18 @@ impl Orchestrator {
             tracing::warn!("could not record invocation {request_id}: {e}");
         }
         let (body, content_type, _) = result?;
+        let proof = match (attested_kind, &self.attestation) {
+            (Some(kind), Some(node)) => Some(node.sign(
+                kind,
+                &faas_attest::ResultFields {
+                    request_id: &request_id,
+                    function: &info.name,
+                    version: info.version,
+                    body: &body,
+                },
+            )),
+            _ => None,
+        };
         Ok(Invocation {
             request_id,
             version: info.version,
@@ -506,7 +546,27 @@ impl Orchestrator {
             content_type,
             cold_start: cold,
             duration,
+            proof,
         })
+    }
+
+    /// Whether this node may run a function that requires `required` attestation.
+    fn admit(
+        &self,
+        function: &str,
+        required: &str,
+    ) -> Result<faas_attest::EvidenceKind, OrchestratorError> {
+        let kind = attest::parse_requirement(required)?;
+        let refuse = |why: String| {
+            OrchestratorError::Attestation(format!(
+                "function {function} requires {kind} attestation and will not run here: {why}"
+            ))
+        };
+        let node = self
+            .attestation
+            .as_ref()
+            .ok_or_else(|| refuse("attestation is not enabled on this node".into()))?;
+        node.admit(kind).map_err(refuse)
     }
 
     fn instance_spec(&self, f: &FunctionVersion) -> InstanceSpec {
@@ -596,6 +656,14 @@ impl Orchestrator {
 
     /// Prometheus text.
     pub fn render_metrics(&self) -> String {
+        if let Some(a) = self.attestation.as_ref().and_then(|n| n.current()) {
+            self.metrics.set_attestation(
+                a.evidence.kind.as_str(),
+                a.verdict.simulated,
+                a.verdict.hardware,
+                a.verdict.ok,
+            );
+        }
         self.metrics.render()
     }
 

@@ -46,6 +46,15 @@ pub struct Metrics {
     pub live_instances: Gauge,
     /// Instances idle and ready now.
     pub warm_instances: Gauge,
+    attestation: Family<AttestationLabels, Gauge>,
+}
+
+/// Labels of the node's attestation state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttestationLabels {
+    kind: String,
+    simulated: String,
+    hardware: String,
 }
 
 impl Metrics {
@@ -97,6 +106,12 @@ impl Metrics {
             .set(1);
         }
         registry.register("executor_info", "Sandbox kinds offered", info);
+        let attestation = Family::<AttestationLabels, Gauge>::default();
+        registry.register(
+            "attestation_verified",
+            "1 when the node's current evidence verified (simulated evidence is labelled so)",
+            attestation.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             invocations,
@@ -105,7 +120,20 @@ impl Metrics {
             cold_start_duration,
             live_instances,
             warm_instances,
+            attestation,
         }
+    }
+
+    /// Record the node's current attestation verdict.
+    pub fn set_attestation(&self, kind: &str, simulated: bool, hardware: bool, ok: bool) {
+        self.attestation.clear();
+        self.attestation
+            .get_or_create(&AttestationLabels {
+                kind: kind.to_string(),
+                simulated: simulated.to_string(),
+                hardware: hardware.to_string(),
+            })
+            .set(i64::from(ok));
     }
 
     /// Prometheus text exposition.

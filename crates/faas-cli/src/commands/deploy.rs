@@ -42,6 +42,9 @@ pub struct DeployArgs {
     /// Sandbox kind (native, docker) if the node offers more than its default.
     #[arg(long)]
     sandbox: Option<String>,
+    /// Run only on attested hardware: tdx or sev-snp.
+    #[arg(long)]
+    attestation: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -90,6 +93,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         files: None,
         env,
         sandbox: args.sandbox.clone(),
+        attestation: args.attestation.clone(),
     };
     let client = Client::new(&args.server)?;
     let info: FunctionInfo = client

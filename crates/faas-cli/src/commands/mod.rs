@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod attest;
 pub mod deploy;
 pub mod doctor;
 pub mod images;

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use faas_attest::{CollateralSource, PccsConfig, Policy};
 use faas_common::Language;
 use faas_executor::docker::{DockerConfig, DockerSandbox};
 use faas_executor::native::{NativeConfig, NativeSandbox};
 use faas_executor::{ImageRef, Sandbox};
 use faas_images::ImageStore;
+use faas_orchestrator::attest::{AttestationConfig, NodeAttestation};
 use faas_orchestrator::{Orchestrator, OrchestratorConfig, Sandboxes};
 
 use crate::config::FileConfig;
@@ -60,6 +62,12 @@ pub struct ServeArgs {
     /// Docker daemon socket, unix:///path [default: DOCKER_HOST, else /var/run/docker.sock].
     #[arg(long, env = "FAAS_DOCKER_HOST")]
     docker_host: Option<String>,
+    /// Attestation: auto (the TEE if present), simulated (TEE, else SIMULATED evidence), off [default: auto].
+    #[arg(long, env = "FAAS_ATTESTATION", value_parser = ["auto", "simulated", "off"])]
+    attestation: Option<String>,
+    /// Policy (JSON or TOML) the node's own evidence must satisfy [default: hardware only].
+    #[arg(long, env = "FAAS_ATTESTATION_POLICY")]
+    attestation_policy: Option<PathBuf>,
 }
 
 /// Run until SIGINT or SIGTERM; then stop every instance before exiting.
@@ -145,11 +153,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .unwrap_or(defaults.default_timeout_sec),
         code_limits: defaults.code_limits,
     };
-    let orchestrator = Arc::new(
-        Orchestrator::new(config, sandboxes)
-            .await
-            .context("cannot open the platform state")?,
-    );
+    let mut orchestrator = Orchestrator::new(config, sandboxes)
+        .await
+        .context("cannot open the platform state")?;
+    if let Some(node) = start_attestation(&args, &file).await? {
+        orchestrator.set_attestation(node);
+    }
+    let orchestrator = Arc::new(orchestrator);
     let app = faas_gateway::router(orchestrator.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -168,6 +178,48 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     orchestrator.shutdown().await;
     served.context("server error")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Attest the node as configured; `None` when attestation is off or impossible.
+async fn start_attestation(
+    args: &ServeArgs,
+    file: &FileConfig,
+) -> Result<Option<Arc<NodeAttestation>>> {
+    let a = &file.attestation;
+    let mode = args
+        .attestation
+        .clone()
+        .or(a.mode.clone())
+        .unwrap_or_else(|| "auto".into());
+    let simulate = match mode.as_str() {
+        "off" => return Ok(None),
+        "auto" => false,
+        "simulated" => true,
+        other => bail!("attestation mode {other:?} is not one of auto, simulated, off"),
+    };
+    let policy = match args.attestation_policy.clone().or(a.policy.clone()) {
+        Some(p) => Policy::from_file(&p).context("attestation policy")?,
+        None => Policy::default(),
+    };
+    let collateral = match (&a.collateral, &a.pccs_url) {
+        (Some(path), _) => Some(CollateralSource::file(path)),
+        (None, Some(url)) => Some(CollateralSource::pccs(PccsConfig::new(url)).context("PCCS")?),
+        (None, None) => None,
+    };
+    let node = NodeAttestation::start(AttestationConfig {
+        simulate,
+        policy,
+        collateral,
+        refresh: Duration::from_secs(a.refresh_sec.unwrap_or(600)),
+    })
+    .await
+    .context("cannot attest this node")?;
+    if node.is_none() && mode == "auto" {
+        tracing::info!(
+            "attestation: no TEE found; functions that require attestation are refused here"
+        );
+    }
+    Ok(node)
 }
 
 /// The default kind first, then the others functions may choose.

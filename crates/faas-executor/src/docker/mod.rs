@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::container::{
-    Config, CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions,
 };
-use bollard::image::CreateImageOptions;
-use bollard::models::HostConfig;
 use bollard::Docker;
 use faas_common::Language;
 use futures_util::StreamExt;
@@ -214,7 +214,7 @@ impl Sandbox for DockerSandbox {
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let config = Config {
+        let config = ContainerCreateBody {
             image: Some(tag.clone()),
             cmd: Some(vec![
                 "/opt/faas/bin/faas-guest-agent".to_string(),
@@ -236,8 +236,8 @@ impl Sandbox for DockerSandbox {
             .docker
             .create_container(
                 Some(CreateContainerOptions {
-                    name: name.as_str(),
-                    platform: None,
+                    name: Some(name.clone()),
+                    ..Default::default()
                 }),
                 config,
             )
@@ -260,7 +260,7 @@ impl Sandbox for DockerSandbox {
                 return Err(daemon_error(e));
             }
         }
-        if let Err(e) = self.docker.start_container::<String>(&name, None).await {
+        if let Err(e) = self.docker.start_container(&name, None).await {
             backend.destroy().await;
             return Err(daemon_error(e));
         }
@@ -298,7 +298,7 @@ impl Sandbox for DockerSandbox {
             .docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
-                filters,
+                filters: Some(filters),
                 ..Default::default()
             }))
             .await
@@ -350,17 +350,17 @@ async fn import(
     let repo = format!("faas-runtime-{lang}");
     let mut stream = docker.create_image(
         Some(CreateImageOptions {
-            from_src: "-",
-            repo: repo.as_str(),
-            tag: hash,
+            from_src: Some("-".into()),
+            repo: Some(repo.clone()),
+            tag: Some(hash.to_string()),
             ..Default::default()
         }),
-        Some(tarball.into()),
+        Some(bollard::body_full(tarball.into())),
         None,
     );
     while let Some(item) = stream.next().await {
         let info = item.map_err(daemon_error)?;
-        if let Some(err) = info.error {
+        if let Some(err) = info.error_detail.and_then(|d| d.message) {
             return Err(ExecutorError::Start(format!(
                 "docker import of {repo}:{hash} failed: {err}"
             )));
@@ -468,7 +468,7 @@ impl Backend for DockerBackend {
             }) => "container was removed".into(),
             Err(e) => format!("docker: {e}"),
         };
-        let mut logs = self.docker.logs::<String>(
+        let mut logs = self.docker.logs(
             &self.name,
             Some(LogsOptions {
                 stdout: true,

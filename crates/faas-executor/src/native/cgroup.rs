@@ -76,6 +76,19 @@ impl CgroupLayout {
         }
     }
 
+    /// How many times memory use in cgroup `dir` ran into its limit (v1
+    /// `memory.failcnt`, v2 the `max` event).
+    pub fn limit_hits(&self, dir: &Path) -> u64 {
+        match self {
+            CgroupLayout::V1 { .. } => std::fs::read_to_string(dir.join("memory.failcnt"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
+            CgroupLayout::V2 { .. } => read_key(&dir.join("memory.events"), "max"),
+            CgroupLayout::Unknown => 0,
+        }
+    }
+
     /// How many processes the OOM killer has killed in cgroup `dir`.
     pub fn oom_kills(&self, dir: &Path) -> u64 {
         let (file, key) = match self {
@@ -83,15 +96,20 @@ impl CgroupLayout {
             CgroupLayout::V2 { .. } => ("memory.events", "oom_kill"),
             CgroupLayout::Unknown => return 0,
         };
-        std::fs::read_to_string(dir.join(file))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == key).then(|| v.trim().parse().ok()).flatten()
-            })
-            .unwrap_or(0)
+        read_key(&dir.join(file), key)
     }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`key value` lines).
+fn read_key(file: &Path, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -95,6 +95,7 @@ pub struct NativeBackend {
     cgroups: CgroupLayout,
     memory_dir: Option<PathBuf>,
     oom_seen: u64,
+    limit_hits_seen: u64,
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -186,6 +187,7 @@ pub(super) async fn start(
         cgroups: cgroups.clone(),
         memory_dir: cgroups.memory_dir(&format!("/{}/{}", config.cgroup_parent, id)),
         oom_seen: 0,
+        limit_hits_seen: 0,
         stderr,
     };
     AgentInstance::start(
@@ -212,6 +214,16 @@ impl Backend for NativeBackend {
         let struck = kills > self.oom_seen;
         self.oom_seen = kills;
         struck
+    }
+
+    async fn limit_hit(&mut self) -> bool {
+        let Some(dir) = &self.memory_dir else {
+            return false;
+        };
+        let hits = self.cgroups.limit_hits(dir);
+        let hit = hits > self.limit_hits_seen;
+        self.limit_hits_seen = hits;
+        hit
     }
 
     async fn diagnose(&mut self) -> String {
