@@ -17,6 +17,9 @@ need_root() {
 # Debian packages the platform and its tests use. Installed only when missing.
 install_packages() {
     local want=(runc mmdebstrap ca-certificates curl docker.io)
+    # The Blueprint crates (blueprint-runner's bridge and auth) run tonic-build
+    # and build protobuf and RocksDB from source.
+    want+=(protobuf-compiler cmake g++ libclang-dev)
     command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || want+=(python3 python3-pip)
     command -v npm >/dev/null || want+=(npm)
     command -v cc >/dev/null || want+=(build-essential)
@@ -80,4 +83,26 @@ stop_dockerd() {
         for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     fi
     rm -f "$DOCKER_PID"
+}
+
+# QEMU (microvm machine) and vhost-device-vsock for the microVM sandbox. The
+# latter comes from crates.io (~1.5 min to build) into a cached root, reused
+# while present; the directory is added to PATH.
+FAAS_CARGO_ROOT=${FAAS_CARGO_ROOT:-$FAAS_CACHE/cargo-root}
+install_microvm_tools() {
+    local missing=()
+    for p in qemu-system-x86 e2fsprogs; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        step "installing Debian packages: ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    if [ ! -x "$FAAS_CARGO_ROOT/bin/vhost-device-vsock" ]; then
+        step "installing vhost-device-vsock into $FAAS_CARGO_ROOT"
+        CARGO_TARGET_DIR="$FAAS_CACHE/vhost-target" \
+            cargo install vhost-device-vsock --locked --root "$FAAS_CARGO_ROOT"
+    fi
+    export PATH="$FAAS_CARGO_ROOT/bin:$PATH"
 }

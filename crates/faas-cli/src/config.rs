@@ -128,7 +128,7 @@ pub fn agent_path(explicit: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// Sandbox kinds this build can run.
-pub const SANDBOX_KINDS: [&str; 2] = ["native", "docker"];
+pub const SANDBOX_KINDS: [&str; 3] = ["native", "docker", "microvm"];
 
 /// Refuse a sandbox kind this build cannot run.
 pub fn check_kind(kind: &str) -> Result<()> {

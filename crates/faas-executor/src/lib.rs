@@ -13,6 +13,7 @@ pub mod agent;
 pub mod docker;
 mod error;
 mod instance;
+pub mod microvm;
 pub mod native;
 
 use std::collections::BTreeMap;

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! faas-guest-agent --listen unix:/run/faas/agent.sock
+//! faas-guest-agent --init --listen vsock:1234      # init of a microVM
 //! ```
 //!
-//! It binds the socket, prints `FAAS_AGENT_READY` on stdout (so the host knows when
+//! With `--init` it first sets the VM up (see [`vm`]). It binds the socket, prints `FAAS_AGENT_READY` on stdout (so the host knows when
 //! to connect without polling), then serves one host connection at a time, speaking
 //! [`faas_common::protocol`] frames. When it runs as PID 1 it first forks so that PID 1
 //! only reaps orphans (the job `tini` does for Docker) and the agent proper is its child.
@@ -12,21 +13,30 @@
 mod reaper;
 mod runtime;
 mod server;
+mod vm;
 
 use std::process::ExitCode;
 
+use server::Listen;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let listen = match parse_listen(&args) {
+    let (vm_init, listen) = match parse_args(&args) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("faas-guest-agent: {e}");
             return ExitCode::from(2);
         }
     };
+    if vm_init {
+        vm::init();
+    }
     if std::process::id() == 1 {
         // Must happen before any thread exists: fork() in a threaded process is unsafe.
         reaper::become_child_of_reaper();
+    }
+    if vm_init {
+        vm::spawn_control_listener();
     }
     match server::serve(&listen) {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,20 +47,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_listen(args: &[String]) -> Result<String, String> {
-    const USAGE: &str = "usage: faas-guest-agent --listen unix:PATH";
-    match args.get(1..) {
-        Some([flag, value]) if flag == "--listen" => value
-            .strip_prefix("unix:")
-            .map(str::to_string)
-            .ok_or_else(|| format!("unsupported listen address {value:?} (use unix:PATH)")),
-        _ => Err(USAGE.into()),
+/// `[--init] --listen unix:PATH|vsock:PORT`.
+fn parse_args(args: &[String]) -> Result<(bool, Listen), String> {
+    const USAGE: &str = "usage: faas-guest-agent [--init] --listen unix:PATH|vsock:PORT";
+    let (init, rest) = match args.get(1..) {
+        Some([flag, rest @ ..]) if flag == "--init" => (true, rest),
+        Some(rest) => (false, rest),
+        None => return Err(USAGE.into()),
+    };
+    let [flag, value] = rest else {
+        return Err(USAGE.into());
+    };
+    if flag != "--listen" {
+        return Err(USAGE.into());
     }
+    let listen = if let Some(path) = value.strip_prefix("unix:") {
+        Listen::Unix(path.to_string())
+    } else if let Some(port) = value.strip_prefix("vsock:") {
+        Listen::Vsock(
+            port.parse()
+                .map_err(|_| format!("bad vsock port in {value:?}"))?,
+        )
+    } else {
+        return Err(format!(
+            "unsupported listen address {value:?} (use unix:PATH or vsock:PORT)"
+        ));
+    };
+    Ok((init, listen))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_listen;
+    use super::*;
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
@@ -59,11 +87,17 @@ mod tests {
     #[test]
     fn listen_address() {
         assert_eq!(
-            parse_listen(&args(&["agent", "--listen", "unix:/run/faas/agent.sock"])),
-            Ok("/run/faas/agent.sock".into())
+            parse_args(&args(&["agent", "--listen", "unix:/run/faas/agent.sock"])),
+            Ok((false, Listen::Unix("/run/faas/agent.sock".into())))
         );
-        assert!(parse_listen(&args(&["agent", "--listen", "tcp:1"])).is_err());
-        assert!(parse_listen(&args(&["agent"])).is_err());
-        assert!(parse_listen(&args(&["agent", "--listen"])).is_err());
+        assert_eq!(
+            parse_args(&args(&["agent", "--init", "--listen", "vsock:1234"])),
+            Ok((true, Listen::Vsock(1234)))
+        );
+        assert!(parse_args(&args(&["agent", "--listen", "tcp:1"])).is_err());
+        assert!(parse_args(&args(&["agent", "--listen", "vsock:x"])).is_err());
+        assert!(parse_args(&args(&["agent"])).is_err());
+        assert!(parse_args(&args(&["agent", "--listen"])).is_err());
+        assert!(parse_args(&args(&["agent", "--init"])).is_err());
     }
 }

@@ -175,6 +175,7 @@ fn run_once(argv: &[String], env: &[String], cwd: Option<&str>, stdin: Vec<u8>) 
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    crate::vm::restrict_child(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -395,6 +396,7 @@ impl Bootstrap {
                 Ok(())
             });
         }
+        crate::vm::restrict_child(&mut cmd);
         let child = cmd.spawn().map_err(io)?;
         // Our copies of the child's ends must close, or EOF never arrives.
         drop(child_in);

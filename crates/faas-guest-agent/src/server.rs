@@ -1,7 +1,8 @@
 //! Socket handling: accept the host, decode frames, dispatch to the runtime.
 
-use std::io::{BufReader, BufWriter, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 
 use faas_common::protocol::{FailureKind, Frame, Message, ProtocolError};
 
@@ -15,23 +16,63 @@ pub enum AgentError {
     Socket(#[from] std::io::Error),
 }
 
-/// Bind `path` and serve host connections until the runtime dies.
-pub fn serve(path: &str) -> Result<(), AgentError> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    // The host waits for this line instead of polling the socket.
-    println!("FAAS_AGENT_READY");
-    std::io::stdout().flush()?;
-    let mut runtime: Option<Runtime> = None;
-    for conn in listener.incoming() {
-        match handle(&mut runtime, conn?) {
-            Ok(Continue::Yes) => {}
-            Ok(Continue::No) => return Ok(()),
-            // A broken connection is the host's business; wait for the next one.
-            Err(e) => eprintln!("faas-guest-agent: connection: {e}"),
+/// Where the agent listens for the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix socket path (native and Docker sandboxes).
+    Unix(String),
+    /// An AF_VSOCK port (microVMs; the host reaches it through the VMM's hybrid vsock).
+    Vsock(u32),
+}
+
+/// Bind `listen` and serve host connections until the runtime dies.
+pub fn serve(listen: &Listen) -> Result<(), AgentError> {
+    match listen {
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path)?;
+            ready()?;
+            let mut runtime: Option<Runtime> = None;
+            for conn in listener.incoming() {
+                let conn = conn?;
+                if serve_conn(&mut runtime, conn.try_clone()?, conn) {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+        Listen::Vsock(port) => {
+            let listener = crate::vm::vsock_listen(*port)?;
+            ready()?;
+            let mut runtime: Option<Runtime> = None;
+            loop {
+                let conn = crate::vm::accept(listener.as_raw_fd())?;
+                if serve_conn(&mut runtime, conn.try_clone()?, conn) {
+                    return Ok(());
+                }
+            }
         }
     }
-    Ok(())
+}
+
+/// The host waits for this line (on the container's output or the VM console)
+/// rather than polling the socket.
+fn ready() -> std::io::Result<()> {
+    println!("FAAS_AGENT_READY");
+    std::io::stdout().flush()
+}
+
+/// Serve one connection; true when the agent should exit.
+fn serve_conn(runtime: &mut Option<Runtime>, reader: impl Read, writer: impl Write) -> bool {
+    match handle(runtime, reader, writer) {
+        Ok(Continue::Yes) => false,
+        Ok(Continue::No) => true,
+        // A broken connection is the host's business; wait for the next one.
+        Err(e) => {
+            eprintln!("faas-guest-agent: connection: {e}");
+            false
+        }
+    }
 }
 
 enum Continue {
@@ -39,9 +80,13 @@ enum Continue {
     No,
 }
 
-fn handle(runtime: &mut Option<Runtime>, conn: UnixStream) -> Result<Continue, ProtocolError> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut writer = BufWriter::new(conn);
+fn handle(
+    runtime: &mut Option<Runtime>,
+    reader: impl Read,
+    writer: impl Write,
+) -> Result<Continue, ProtocolError> {
+    let mut reader = BufReader::new(reader);
+    let mut writer = BufWriter::new(writer);
     loop {
         let frame = match Frame::read_from(&mut reader) {
             Ok(f) => f,

@@ -18,6 +18,7 @@
 
 mod builder;
 mod error;
+pub mod microvm;
 mod mirror;
 mod recipe;
 

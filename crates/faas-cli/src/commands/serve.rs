@@ -12,9 +12,12 @@ use clap::Args;
 use faas_attest::{CollateralSource, PccsConfig, Policy};
 use faas_common::Language;
 use faas_executor::docker::{DockerConfig, DockerSandbox};
+use faas_executor::microvm::{
+    FirecrackerConfig, GuestImages, MicrovmConfig, MicrovmSandbox, QemuConfig, Vmm,
+};
 use faas_executor::native::{NativeConfig, NativeSandbox};
 use faas_executor::{ImageRef, Sandbox};
-use faas_images::ImageStore;
+use faas_images::{ImageStore, RuntimeImage};
 use faas_orchestrator::attest::{AttestationConfig, NodeAttestation};
 use faas_orchestrator::{Orchestrator, OrchestratorConfig, Sandboxes};
 
@@ -32,7 +35,7 @@ pub struct ServeArgs {
     /// State directory: database, code, dependency layers, sandboxes [default: /var/lib/faas].
     #[arg(long, env = "FAAS_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Default sandbox kind: native or docker [default: native].
+    /// Default sandbox kind: native, docker or microvm [default: native].
     #[arg(long, env = "FAAS_EXECUTOR_TYPE", value_parser = crate::config::SANDBOX_KINDS)]
     executor: Option<String>,
     /// Further sandbox kinds functions may choose with `"sandbox"` (comma-separated).
@@ -107,6 +110,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     // Images first: the first start builds them, which takes a while; say so.
     let store = ImageStore::new(&images_dir);
     let mut images = HashMap::new();
+    let mut runtimes = Vec::new();
     for lang in Language::IMAGES {
         let progress = |line: &str| eprintln!("[images] {line}");
         let image = store
@@ -116,16 +120,22 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         images.insert(
             lang,
             ImageRef {
-                rootfs: image.rootfs,
-                hash: image.hash,
+                rootfs: image.rootfs.clone(),
+                hash: image.hash.clone(),
             },
         );
+        runtimes.push(image);
     }
 
     let mut built = Vec::new();
     for (i, kind) in kinds.iter().enumerate() {
         let is_default = i == 0;
-        built.push(build_sandbox(kind, is_default, &args, &file, &data_dir, &images).await?);
+        let sandbox = if kind == "microvm" {
+            build_microvm(&store, &runtimes, &data_dir).await?
+        } else {
+            build_sandbox(kind, is_default, &args, &file, &data_dir, &images).await?
+        };
+        built.push(sandbox);
     }
     let mut built = built.into_iter();
     let mut sandboxes = Sandboxes::new(built.next().expect("the default kind is first"));
@@ -279,6 +289,63 @@ async fn build_sandbox(
         }
         other => bail!("sandbox kind {other:?} is not available in this build"),
     }
+}
+
+/// The microVM sandbox: Firecracker when `FAAS_FC_BINARY_PATH` is set, else QEMU
+/// `microvm` (KVM where it really works, TCG otherwise). Kernel and root disks come
+/// from `FAAS_FC_KERNEL_PATH` / `FAAS_FC_ROOTFS_PATH` when set, else they are built.
+async fn build_microvm(
+    store: &ImageStore,
+    runtimes: &[RuntimeImage],
+    data_dir: &Path,
+) -> Result<Arc<dyn Sandbox>> {
+    let progress = |line: &str| eprintln!("[images] {line}");
+    let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    let (kernel, initramfs) = match env_path("FAAS_FC_KERNEL_PATH") {
+        Some(k) => (k, None),
+        None => {
+            let k = store
+                .ensure_guest_kernel(false, &progress)
+                .await
+                .context("cannot build the microVM guest kernel")?;
+            (k.vmlinux, Some(k.initramfs))
+        }
+    };
+    let mut disks = HashMap::new();
+    for rt in runtimes {
+        let disk = match env_path("FAAS_FC_ROOTFS_PATH") {
+            Some(p) => p,
+            None => {
+                store
+                    .ensure_guest_disk(rt, false, &progress)
+                    .await
+                    .with_context(|| format!("cannot build the {} microVM disk", rt.language))?
+                    .path
+            }
+        };
+        disks.insert(rt.language, disk);
+    }
+    let vmm = match env_path("FAAS_FC_BINARY_PATH") {
+        Some(binary) => Vmm::Firecracker(FirecrackerConfig { binary }),
+        None => Vmm::Qemu(QemuConfig::default()),
+    };
+    let config = MicrovmConfig {
+        vmm,
+        run_dir: data_dir.join("run/microvm"),
+        disk_cache: data_dir.join("microvm-disks"),
+        ..MicrovmConfig::default()
+    };
+    let sandbox = MicrovmSandbox::new(
+        config,
+        GuestImages {
+            kernel,
+            initramfs,
+            disks,
+        },
+    )
+    .await
+    .context("cannot start the microvm sandbox")?;
+    Ok(Arc::new(sandbox))
 }
 
 fn native_config(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> NativeConfig {

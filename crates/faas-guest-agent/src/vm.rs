@@ -1,0 +1,342 @@
+//! Duties of the agent when it is the init of a microVM (`--init`): the VM is
+//! the isolation boundary, so the agent runs as root there, sets up the
+//! guest's filesystems and a memory cgroup for function code, and runs every
+//! function process as uid 1000 with no capabilities (see [`restrict_child`]).
+//!
+//! Also the host's control requests on [`CONTROL_PORT`] (reseeding the RNG and
+//! setting the clock after a snapshot restore).
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+
+/// uid and gid of function processes when the agent runs as root.
+pub const FUNCTION_UID: u32 = 1000;
+/// vsock port of the control listener (clone fix-ups after a restore).
+pub const CONTROL_PORT: u32 = 1235;
+/// Bytes a reseed request carries: 8 bytes of Unix time in nanoseconds (big
+/// endian), then 64 bytes of fresh randomness from the host.
+pub const RESEED_LEN: usize = 72;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const FUNCTION_CGROUP: &str = "/sys/fs/cgroup/function";
+/// Labels the image builder gives the disks (faas-images `microvm` module).
+const CODE_LABEL: &str = "faas-code";
+const DEPS_LABEL: &str = "faas-deps";
+
+/// `cgroup.procs` of the function cgroup, NUL-terminated for `open(2)` in a
+/// forked child; set once the cgroup exists.
+static CGROUP_PROCS: OnceLock<CString> = OnceLock::new();
+
+/// Set the guest up. Failures are printed (they reach the VM console, which the
+/// host keeps) and the agent carries on with what works.
+pub fn init() {
+    let mounts: [(&str, &str, &str, libc::c_ulong, &str); 6] = [
+        ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
+        ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
+        ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        ("tmpfs", "/run", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=0755"),
+        ("cgroup2", CGROUP_ROOT, "cgroup2", NOSUID_NODEV_NOEXEC, ""),
+    ];
+    for (src, target, fstype, flags, data) in mounts {
+        if let Err(e) = mount(src, target, fstype, flags, data) {
+            // devtmpfs is normally moved here by the initramfs already.
+            if !(target == "/dev" && e.raw_os_error() == Some(libc::EBUSY)) {
+                eprintln!("faas-guest-agent: mount {target}: {e}");
+            }
+        }
+    }
+    // SAFETY: valid pointer and length.
+    if unsafe { libc::sethostname(c"faas".as_ptr(), 4) } != 0 {
+        eprintln!(
+            "faas-guest-agent: sethostname: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    mount_disk(CODE_LABEL, "/var/task");
+    mount_disk(DEPS_LABEL, "/opt/faas/deps");
+    let memory_mb = kernel_arg("faas.memory_mb").and_then(|v| v.parse::<u64>().ok());
+    if let Err(e) = function_cgroup(memory_mb) {
+        eprintln!("faas-guest-agent: function cgroup: {e}");
+    }
+}
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> std::io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(std::io::Error::other);
+    let (src, target, fstype, data) = (c(src)?, c(target)?, c(fstype)?, c(data)?);
+    // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The value of `key=value` on the kernel command line.
+fn kernel_arg(key: &str) -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+/// Mount the virtio disk whose ext4 label is `label` read-only at `target`;
+/// absent disks are normal (no code for `/execute`, no dependencies).
+fn mount_disk(label: &str, target: &str) {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("vd") {
+            continue;
+        }
+        let dev = format!("/dev/{name}");
+        if ext4_label(&dev).as_deref() == Some(label) {
+            let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+            if let Err(e) = mount(&dev, target, "ext4", flags, "") {
+                eprintln!("faas-guest-agent: mount {dev} at {target}: {e}");
+            }
+            return;
+        }
+    }
+}
+
+/// `s_volume_name` of an ext4 superblock (offset 1024 + 0x78, 16 bytes).
+fn ext4_label(dev: &str) -> Option<String> {
+    let mut f = std::fs::File::open(dev).ok()?;
+    let mut sb = [0u8; 2048];
+    f.read_exact(&mut sb).ok()?;
+    // ext2/3/4 magic 0xEF53 at superblock offset 0x38.
+    if sb[1024 + 0x38..1024 + 0x3a] != [0x53, 0xef] {
+        return None;
+    }
+    let raw = &sb[1024 + 0x78..1024 + 0x88];
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+/// A cgroup every function process joins, capped at the function's memory so
+/// that the OOM killer picks the function, never the agent.
+fn function_cgroup(memory_mb: Option<u64>) -> std::io::Result<()> {
+    std::fs::write(
+        format!("{CGROUP_ROOT}/cgroup.subtree_control"),
+        "+memory +pids",
+    )?;
+    std::fs::create_dir_all(FUNCTION_CGROUP)?;
+    if let Some(mb) = memory_mb {
+        std::fs::write(
+            format!("{FUNCTION_CGROUP}/memory.max"),
+            (mb * 1024 * 1024).to_string(),
+        )?;
+    }
+    // The guest has no swap, but say so in case a kernel gains one.
+    let _ = std::fs::write(format!("{FUNCTION_CGROUP}/memory.swap.max"), "0");
+    let procs =
+        CString::new(format!("{FUNCTION_CGROUP}/cgroup.procs")).map_err(std::io::Error::other)?;
+    let _ = CGROUP_PROCS.set(procs);
+    Ok(())
+}
+
+/// When the agent runs as root (in a VM), make `cmd`'s child join the function
+/// cgroup and become uid/gid [`FUNCTION_UID`] with no supplementary groups, no
+/// capabilities (a setuid away from 0 clears them) and no-new-privileges.
+/// Elsewhere the agent already runs as the sandbox user and this does nothing.
+pub fn restrict_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let procs = CGROUP_PROCS.get().map(|p| p.as_ptr() as usize);
+    // SAFETY: only async-signal-safe calls (open, write, close, setgroups,
+    // setgid, setuid, prctl) run between fork and exec; `procs` points into a
+    // static that outlives the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(path) = procs {
+                let fd = libc::open(
+                    path as *const libc::c_char,
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(FUNCTION_UID) != 0
+                || libc::setuid(FUNCTION_UID) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A listening AF_VSOCK stream socket on `port` (any CID).
+pub fn vsock_listen(port: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid starting value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
+    if unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: valid socket.
+    if unsafe { libc::listen(sock.as_raw_fd(), 16) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// Accept one connection on a listening socket, as a `File` (plain read/write).
+pub fn accept(listener: RawFd) -> std::io::Result<std::fs::File> {
+    loop {
+        // SAFETY: null address arguments are allowed.
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a new descriptor we own.
+            return Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Serve reseed requests on [`CONTROL_PORT`] from a thread of its own, so a
+/// restored clone can be fixed up while the main connection is re-established.
+pub fn spawn_control_listener() {
+    let listener = match vsock_listen(CONTROL_PORT) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("faas-guest-agent: control port {CONTROL_PORT}: {e}");
+            return;
+        }
+    };
+    std::thread::spawn(move || loop {
+        let Ok(mut conn) = accept(listener.as_raw_fd()) else {
+            continue;
+        };
+        let mut req = [0u8; RESEED_LEN];
+        let reply: &[u8] = match conn.read_exact(&mut req).and_then(|()| reseed(&req)) {
+            Ok(()) => b"OK\n",
+            Err(e) => {
+                eprintln!("faas-guest-agent: reseed: {e}");
+                b"ERR\n"
+            }
+        };
+        let _ = conn.write_all(reply);
+    });
+}
+
+/// Mix the host's randomness into the kernel pool, credit it, force the CRNG to
+/// reseed (so no two clones of one snapshot share a random stream), and set the
+/// clock to the host's time (a snapshot carries its own, stale, time).
+fn reseed(req: &[u8; RESEED_LEN]) -> std::io::Result<()> {
+    let nanos = u64::from_be_bytes(req[..8].try_into().expect("8 bytes"));
+    let seed = &req[8..];
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + seed.len());
+    info.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
+    info.extend_from_slice(seed);
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // Linux ioctl numbers: RNDADDENTROPY = _IOW('R', 0x03, int[2]), RNDRESEEDCRNG = _IO('R', 0x07).
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: `info` is a valid rand_pool_info with buf_size bytes of data.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: no argument.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ts = libc::timespec {
+        tv_sec: (nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_of_a_non_ext4_file_is_none() {
+        let dir = std::env::temp_dir().join(format!("faas-agent-label-{}", std::process::id()));
+        std::fs::write(&dir, [0u8; 4096]).unwrap();
+        assert_eq!(ext4_label(dir.to_str().unwrap()), None);
+        let mut sb = vec![0u8; 4096];
+        sb[1024 + 0x38] = 0x53;
+        sb[1024 + 0x39] = 0xef;
+        sb[1024 + 0x78..1024 + 0x78 + 9].copy_from_slice(b"faas-code");
+        std::fs::write(&dir, &sb).unwrap();
+        assert_eq!(
+            ext4_label(dir.to_str().unwrap()).as_deref(),
+            Some("faas-code")
+        );
+        std::fs::remove_file(&dir).unwrap();
+    }
+}
