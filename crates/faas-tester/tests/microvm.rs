@@ -57,6 +57,10 @@ fn missing() -> Option<String> {
 }
 
 /// Skip loudly, or fail under CI.
+/// One VM at a time: under TCG two cores boot one guest in seconds, several at
+/// once in tens of seconds, and a starved vhost-device-vsock stops answering.
+static ONE_VM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn skipped(test: &str) -> bool {
     let Some(why) = missing() else {
         return false;
@@ -215,6 +219,7 @@ async fn python_function_in_a_qemu_microvm() {
     if skipped("python_function_in_a_qemu_microvm") {
         return;
     }
+    let _serial = ONE_VM_AT_A_TIME.lock().await;
     let f = fixture(HANDLER).await;
     let started = Instant::now();
     let mut instance = f.sandbox.start(spec(f.code.path(), 128)).await.unwrap();
@@ -272,6 +277,7 @@ async fn killing_the_vmm_mid_invocation_is_a_crash_and_the_next_start_works() {
     if skipped("killing_the_vmm_mid_invocation_is_a_crash_and_the_next_start_works") {
         return;
     }
+    let _serial = ONE_VM_AT_A_TIME.lock().await;
     let f = fixture("import time\n\ndef handler(event, context):\n    if event == 'sleep':\n        time.sleep(60)\n    return 'ok'\n").await;
     let mut instance = f.sandbox.start(spec(f.code.path(), 128)).await.unwrap();
     let pids = std::fs::read_to_string(f.run_dir.join(instance.id()).join("pids")).unwrap();
@@ -314,6 +320,7 @@ async fn memory_limit_kills_the_function_not_the_vm() {
     if skipped("memory_limit_kills_the_function_not_the_vm") {
         return;
     }
+    let _serial = ONE_VM_AT_A_TIME.lock().await;
     // Filled chunks, so the pages are really touched (one huge allocation
     // fails with MemoryError under the guest's overcommit heuristics instead).
     let f = fixture(

@@ -446,7 +446,8 @@ impl VmBackend {
                     tail(&self.console_log, 8)
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Gently: every failed CONNECT costs the vsock backend a connection.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
