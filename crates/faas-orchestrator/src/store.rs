@@ -25,6 +25,17 @@ pub struct FunctionVersion {
     pub deps_sha256: Option<String>,
 }
 
+/// (id, name) of the function whose id or name is `key`.
+fn resolve(conn: &Connection, key: &str) -> Result<(String, String), OrchestratorError> {
+    conn.query_row(
+        "SELECT id, name FROM functions WHERE id = ?1 OR name = ?1",
+        [key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .ok_or_else(|| OrchestratorError::NotFound(format!("function {key:?}")))
+}
+
 /// Handle to the database.
 #[derive(Clone)]
 pub struct Store {
@@ -167,16 +178,7 @@ impl Store {
         let key = id_or_name.to_string();
         self.with(move |conn| {
             let tx = conn.transaction()?;
-            let row: Option<(String, String)> = tx
-                .query_row(
-                    "SELECT id, name FROM functions WHERE id = ?1 OR name = ?1",
-                    [&key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((id, name)) = row else {
-                return Err(OrchestratorError::NotFound(format!("function {key:?}")));
-            };
+            let (id, name) = resolve(&tx, &key)?;
             tx.execute("DELETE FROM functions WHERE id = ?1", [&id])?;
             tx.commit()?;
             Ok((id, name))
@@ -193,16 +195,7 @@ impl Store {
         let key = function.to_string();
         self.with(move |conn| {
             let tx = conn.transaction()?;
-            let row: Option<(String, String)> = tx
-                .query_row(
-                    "SELECT id, name FROM functions WHERE id = ?1 OR name = ?1",
-                    [&key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((function_id, name)) = row else {
-                return Err(OrchestratorError::NotFound(format!("function {key:?}")));
-            };
+            let (function_id, name) = resolve(&tx, &key)?;
             tx.execute(
                 "INSERT INTO jobs (job_id, function_id) VALUES (?1, ?2)
                  ON CONFLICT(job_id) DO UPDATE SET function_id = excluded.function_id",
