@@ -1,0 +1,173 @@
+//! [`FaaSContext`]: the platform the jobs run on.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use blueprint_runner::config::BlueprintEnvironment;
+use faas_common::Language;
+use faas_executor::docker::{DockerConfig, DockerSandbox};
+use faas_executor::native::{NativeConfig, NativeSandbox};
+use faas_executor::{ExecutorError, ImageRef, Sandbox};
+use faas_images::{ImageError, ImageStore};
+use faas_orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorError, Sandboxes};
+
+use crate::config::{ExecutorType, FaaSConfig};
+
+/// Why the platform could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// A runtime image could not be found or built.
+    #[error("cannot build the {language} runtime image: {source}")]
+    Image {
+        /// Its language.
+        language: Language,
+        /// What failed.
+        #[source]
+        source: ImageError,
+    },
+    /// The sandbox could not be set up.
+    #[error("cannot start the {kind} sandbox: {source}")]
+    Sandbox {
+        /// The sandbox kind.
+        kind: ExecutorType,
+        /// What failed.
+        #[source]
+        source: ExecutorError,
+    },
+    /// The sandbox kind exists in the configuration but not in this build.
+    #[error("sandbox kind {0} is not available in this build (supported: native, docker)")]
+    Unsupported(ExecutorType),
+    /// The platform state could not be opened.
+    #[error("cannot open the platform state in {dir}: {source}")]
+    State {
+        /// The data directory.
+        dir: String,
+        /// What failed.
+        #[source]
+        source: OrchestratorError,
+    },
+}
+
+/// What every job handler gets: the orchestrator, the node's configuration and
+/// the Blueprint environment it runs in. Cheap to clone.
+#[derive(Clone)]
+pub struct FaaSContext {
+    orchestrator: Arc<Orchestrator>,
+    config: Arc<FaaSConfig>,
+    env: BlueprintEnvironment,
+}
+
+impl FaaSContext {
+    /// A context around an orchestrator built elsewhere.
+    pub fn new(
+        orchestrator: Arc<Orchestrator>,
+        config: FaaSConfig,
+        env: BlueprintEnvironment,
+    ) -> Self {
+        FaaSContext {
+            orchestrator,
+            config: Arc::new(config),
+            env,
+        }
+    }
+
+    /// Build the platform as `faas serve` does: runtime images (built on first
+    /// use, progress lines to `progress`), the configured sandbox, and the
+    /// orchestrator on `config.data_dir`.
+    pub async fn start(
+        config: FaaSConfig,
+        env: BlueprintEnvironment,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Self, ContextError> {
+        if config.executor == ExecutorType::Firecracker {
+            return Err(ContextError::Unsupported(config.executor));
+        }
+        let store = ImageStore::new(&config.images_dir);
+        let mut images = HashMap::new();
+        for language in Language::IMAGES {
+            let image = store
+                .ensure(language, &config.agent_path, false, progress)
+                .await
+                .map_err(|source| ContextError::Image { language, source })?;
+            images.insert(
+                language,
+                ImageRef {
+                    rootfs: image.rootfs,
+                    hash: image.hash,
+                },
+            );
+        }
+        let sandbox = build_sandbox(&config, images).await?;
+        let orchestrator = Orchestrator::new(
+            OrchestratorConfig {
+                data_dir: config.data_dir.clone(),
+                ..OrchestratorConfig::default()
+            },
+            Sandboxes::new(sandbox),
+        )
+        .await
+        .map_err(|source| ContextError::State {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+        Ok(FaaSContext::new(Arc::new(orchestrator), config, env))
+    }
+
+    /// The orchestrator: functions, invocations, job bindings.
+    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+        &self.orchestrator
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &FaaSConfig {
+        &self.config
+    }
+
+    /// The Blueprint environment the jobs run in.
+    pub fn env(&self) -> &BlueprintEnvironment {
+        &self.env
+    }
+}
+
+async fn build_sandbox(
+    config: &FaaSConfig,
+    images: HashMap<Language, ImageRef>,
+) -> Result<Arc<dyn Sandbox>, ContextError> {
+    let kind = config.executor;
+    let failed = |source| ContextError::Sandbox { kind, source };
+    let data = &config.data_dir;
+    match kind {
+        ExecutorType::Native => {
+            let native = NativeConfig {
+                runc: config.runc.clone(),
+                state_dir: data.join("run/runc"),
+                instances_dir: data.join("run/instances"),
+                cgroup_parent: config.cgroup_parent.clone(),
+                ..NativeConfig::default()
+            };
+            Ok(Arc::new(
+                NativeSandbox::new(native, images).await.map_err(failed)?,
+            ))
+        }
+        ExecutorType::Docker => {
+            let docker = DockerConfig {
+                host: config.docker_host.clone(),
+                instances_dir: data.join("run/docker"),
+                owner: owner_label(data),
+                ..DockerConfig::default()
+            };
+            let sandbox = DockerSandbox::new(docker, images).await.map_err(failed)?;
+            sandbox.ping().await.map_err(failed)?;
+            Ok(Arc::new(sandbox))
+        }
+        ExecutorType::Firecracker => Err(ContextError::Unsupported(kind)),
+    }
+}
+
+/// The `faas.owner` label `faas serve` gives containers of this data directory,
+/// so several nodes on one daemon never remove each other's containers.
+fn owner_label(data_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(data_dir.to_string_lossy().as_bytes())[..8])
+}

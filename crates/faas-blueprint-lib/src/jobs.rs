@@ -1,0 +1,125 @@
+//! The job handlers. Arguments arrive ABI-encoded (Tangle v2), results leave
+//! ABI-encoded; a failure is a job error, never an empty result.
+
+use alloy_primitives::Bytes;
+use blueprint_core::extract::Context;
+use blueprint_tangle_extra::extract::{TangleArg, TangleResult};
+use faas_common::{ExecuteFunctionArgs, FunctionDefinition};
+use faas_orchestrator::OrchestratorError;
+
+use crate::FaaSContext;
+
+/// Why a job failed. Its message is what the job error carries.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// `EXECUTE_FUNCTION`: the command failed (non-zero exit, killed, timed out).
+    #[error("command failed: {error}; stderr: {stderr}")]
+    CommandFailed {
+        /// Why, with the exit status (`command exited with status 3`).
+        error: String,
+        /// What the command wrote to stderr.
+        stderr: String,
+    },
+    /// `DEPLOY_FUNCTION`: the bytes are not a function definition.
+    #[error("invalid function definition JSON: {0}")]
+    InvalidDefinition(#[source] serde_json::Error),
+    /// The function ran and failed.
+    #[error("function failed: {message}; logs: {logs}")]
+    FunctionFailed {
+        /// Request id of the invocation.
+        request_id: String,
+        /// One-line reason.
+        message: String,
+        /// What the function printed.
+        logs: String,
+    },
+    /// The platform refused or could not serve the request (unknown function,
+    /// invalid definition, payload too large, no capacity, ...).
+    #[error("{0}")]
+    Platform(#[source] OrchestratorError),
+}
+
+impl From<OrchestratorError> for JobError {
+    fn from(e: OrchestratorError) -> Self {
+        match e {
+            OrchestratorError::Invocation {
+                request_id,
+                message,
+                logs,
+                ..
+            } => JobError::FunctionFailed {
+                request_id,
+                message,
+                logs,
+            },
+            other => JobError::Platform(other),
+        }
+    }
+}
+
+/// Job 0, `EXECUTE_FUNCTION`: run `command` in runtime `image` (`python`, `node`,
+/// `shell`) with `env_vars` (`KEY=VALUE`) and `payload` on stdin.
+///
+/// ABI: `(string image, string[] command, string[] env_vars, bytes payload)`;
+/// returns `bytes`: the command's stdout.
+pub async fn execute_function(
+    Context(ctx): Context<FaaSContext>,
+    TangleArg((image, command, env_vars, payload)): TangleArg<(
+        String,
+        Vec<String>,
+        Vec<String>,
+        Bytes,
+    )>,
+) -> Result<TangleResult<Bytes>, JobError> {
+    tracing::info!(%image, ?command, "job execute_function");
+    let result = ctx
+        .orchestrator()
+        .execute(ExecuteFunctionArgs {
+            image,
+            command,
+            env_vars: Some(env_vars),
+            payload: payload.to_vec(),
+        })
+        .await?;
+    if let Some(error) = result.error {
+        return Err(JobError::CommandFailed {
+            error,
+            stderr: result.logs.unwrap_or_default(),
+        });
+    }
+    Ok(TangleResult(Bytes::from(
+        result.response.unwrap_or_default(),
+    )))
+}
+
+/// Job 1, `DEPLOY_FUNCTION`: deploy a function (a new version when the name
+/// exists).
+///
+/// ABI: `(bytes definition)`, the UTF-8 JSON of a `FunctionDefinition` as
+/// `POST /functions` takes it; returns `(string id, uint32 version)`.
+pub async fn deploy_function(
+    Context(ctx): Context<FaaSContext>,
+    TangleArg((definition,)): TangleArg<(Bytes,)>,
+) -> Result<TangleResult<(String, u32)>, JobError> {
+    let def: FunctionDefinition =
+        serde_json::from_slice(&definition).map_err(JobError::InvalidDefinition)?;
+    tracing::info!(function = %def.name, "job deploy_function");
+    let info = ctx.orchestrator().deploy(def).await?;
+    Ok(TangleResult((info.id, info.version)))
+}
+
+/// Job 2, `INVOKE_FUNCTION`: invoke the newest version of a function.
+///
+/// ABI: `(string function, bytes payload)`, `function` being its id or name;
+/// returns `bytes`: the function's response body.
+pub async fn invoke_function(
+    Context(ctx): Context<FaaSContext>,
+    TangleArg((function, payload)): TangleArg<(String, Bytes)>,
+) -> Result<TangleResult<Bytes>, JobError> {
+    tracing::info!(%function, "job invoke_function");
+    let invocation = ctx
+        .orchestrator()
+        .invoke(&function, payload.to_vec())
+        .await?;
+    Ok(TangleResult(Bytes::from(invocation.body)))
+}
