@@ -100,6 +100,37 @@ impl CgroupLayout {
     }
 }
 
+/// Remove the (empty) parent cgroup `parent` and its ancestors below the root,
+/// in every mounted hierarchy. runc deletes an instance's own cgroup but creates,
+/// and never removes, the parents on its path; a parent still holding instances
+/// (another server sharing it) is busy and stays.
+pub fn remove_parent(parent: &str) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for root in hierarchies(&info) {
+        let mut dir = root.join(parent.trim_matches('/'));
+        while dir.starts_with(&root) && dir != root {
+            if std::fs::remove_dir(&dir).is_err() {
+                break;
+            }
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+}
+
+/// Mount points of every cgroup (v1 and v2) hierarchy in `mountinfo`.
+fn hierarchies(info: &str) -> Vec<PathBuf> {
+    info.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
 /// The value of `key` in a flat-keyed cgroup file (`key value` lines).
 fn read_key(file: &Path, key: &str) -> u64 {
     std::fs::read_to_string(file)
@@ -125,6 +156,20 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn lists_every_hierarchy() {
+        let info = "35 25 0:30 / /sys/fs/cgroup/memory rw shared:15 - cgroup cgroup rw,memory\n\
+                    36 25 0:31 / /sys/fs/cgroup/pids rw shared:16 - cgroup cgroup rw,pids\n\
+                    37 25 0:32 / /sys/fs/cgroup/unified rw shared:17 - cgroup2 cgroup2 rw\n\
+                    38 25 0:33 / /tmp rw shared:18 - tmpfs tmpfs rw\n";
+        assert_eq!(
+            hierarchies(info),
+            ["memory", "pids", "unified"]
+                .map(|c| PathBuf::from("/sys/fs/cgroup").join(c))
+                .to_vec()
+        );
     }
 
     #[test]

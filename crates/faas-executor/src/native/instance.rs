@@ -291,6 +291,8 @@ pub(super) async fn reap_leftovers(config: &NativeConfig) -> Result<usize, Execu
             .status()
             .await;
     }
+    let parent = config.cgroup_parent.clone();
+    let _ = tokio::task::spawn_blocking(move || super::cgroup::remove_parent(&parent)).await;
     let mut dirs = 0;
     if let Ok(mut entries) = tokio::fs::read_dir(&config.instances_dir).await {
         while let Ok(Some(entry)) = entries.next_entry().await {
