@@ -50,8 +50,9 @@ check_rust() {
 # Build images for every language (cached; rebuilt only when their recipe changes).
 build_images() {
     local bin=$1
+    shift
     step "runtime images in $FAAS_IMAGES_DIR (first build takes a minute or two)"
-    "$bin/faas" images build --images-dir "$FAAS_IMAGES_DIR" --agent-path "$bin/faas-guest-agent"
+    "$bin/faas" images build --images-dir "$FAAS_IMAGES_DIR" --agent-path "$bin/faas-guest-agent" "$@"
 }
 
 # A dockerd of our own on its own socket, data and exec roots: the tests use it

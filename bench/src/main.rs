@@ -53,6 +53,7 @@ async fn main() -> Result<()> {
     let executor = match args.executor.as_str() {
         "native" => Executor::Native,
         "docker" => Executor::Docker,
+        "microvm" => Executor::Microvm,
         other => bail!("unknown executor {other}"),
     };
     if let Some(why) = faas_tester::missing_prerequisite(executor) {
@@ -90,7 +91,10 @@ async fn main() -> Result<()> {
             Duration::from_secs(args.seconds),
         )
         .await?;
-        let rss = instance_memory(&server).await;
+        let rss = match executor {
+            Executor::Microvm => vmm_memory(&server),
+            _ => instance_memory(&server).await,
+        };
         // "srv p50": median time inside the server for a warm call (pool, agent
         // round trip, bootstrap dispatch, a trivial handler), without HTTP.
         println!(
@@ -214,6 +218,35 @@ async fn instance_memory(s: &TestServer) -> f64 {
             if let Ok(b) = usage.trim().parse::<f64>() {
                 sizes.push(b / 1_048_576.0);
             }
+        }
+    }
+    if sizes.is_empty() {
+        return f64::NAN;
+    }
+    sizes.iter().sum::<f64>() / sizes.len() as f64
+}
+
+/// Mean resident memory of each live VMM (QEMU or Firecracker) of this server, MB:
+/// what a warm microVM costs the host, guest kernel and page cache included.
+fn vmm_memory(s: &TestServer) -> f64 {
+    let data = s.data_dir().to_string_lossy().into_owned();
+    let mut sizes = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let argv0 = cmdline.split('\0').next().unwrap_or_default();
+        let program = argv0.rsplit('/').next().unwrap_or_default();
+        let vmm = program.starts_with("qemu-system") || program == "firecracker";
+        if !vmm || !cmdline.contains(&data) {
+            continue;
+        }
+        let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kb) = kb {
+            sizes.push(kb / 1024.0);
         }
     }
     if sizes.is_empty() {

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod protocol;
+pub mod sandbox;
 mod types;
 
 pub use types::*;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::Language;
 
 /// Version byte carried by every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame either side accepts (header + body).
 pub const MAX_FRAME_LEN: u32 = 64 * 1024 * 1024;
@@ -104,8 +104,10 @@ pub enum Message {
     Invoke {
         /// Request id, passed to the handler's context.
         request_id: String,
-        /// Unix time in milliseconds after which the host gives up.
-        deadline_ms: u64,
+        /// Milliseconds the handler may run, counted from the frame's arrival.
+        /// A duration rather than a point in time: a microVM's clock need not
+        /// agree with the host's to the millisecond.
+        timeout_ms: u64,
     },
     /// Agent -> host: outcome of `Invoke` or `Exec`; body is the response (stdout for `Exec`).
     Result {
@@ -232,7 +234,7 @@ mod tests {
         Frame::with_body(
             Message::Invoke {
                 request_id: "r1".into(),
-                deadline_ms: 42,
+                timeout_ms: 42,
             },
             b"{\"x\":1}".to_vec(),
         )

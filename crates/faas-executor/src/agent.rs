@@ -75,13 +75,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentConn<S> {
     pub async fn invoke(
         &mut self,
         request_id: &str,
-        deadline_ms: u64,
+        timeout_ms: u64,
         payload: Vec<u8>,
     ) -> Result<AgentReply, ExecutorError> {
         let frame = Frame::with_body(
             Message::Invoke {
                 request_id: request_id.to_string(),
-                deadline_ms,
+                timeout_ms,
             },
             payload,
         );

@@ -4,7 +4,7 @@
 //! sandbox-specific parts: how to tell an OOM kill, what the sandbox says when the
 //! agent is lost, and how to tear it down.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use faas_common::protocol::InitSpec;
@@ -155,8 +155,9 @@ impl<B: Backend> Instance for AgentInstance<B> {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<InvokeOutput, ExecutorError> {
-        let deadline_ms = unix_ms() + timeout.as_millis() as u64;
-        let call = self.conn.invoke(request_id, deadline_ms, payload);
+        let call = self
+            .conn
+            .invoke(request_id, timeout.as_millis() as u64, payload);
         let reply = tokio::time::timeout(timeout, call).await;
         self.settle(timeout, reply).await
     }
@@ -177,11 +178,4 @@ impl<B: Backend> Instance for AgentInstance<B> {
     async fn destroy(mut self: Box<Self>) {
         self.backend.destroy().await;
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }

@@ -531,3 +531,11 @@ fn describe_exit(status: ExitStatus) -> String {
         _ => "runtime exited".into(),
     }
 }
+
+/// Unix time in milliseconds on this side's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}

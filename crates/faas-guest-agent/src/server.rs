@@ -124,9 +124,11 @@ fn dispatch(runtime: &mut Option<Runtime>, frame: Frame) -> (Frame, bool) {
         }
         Message::Invoke {
             request_id,
-            deadline_ms,
+            timeout_ms,
         } => match runtime.as_mut() {
             Some(rt) => {
+                // The deadline on this side's clock, which the bootstrap shares.
+                let deadline_ms = crate::runtime::unix_ms() + timeout_ms;
                 let outcome = rt.invoke(&request_id, deadline_ms, frame.body);
                 let fatal = outcome.failure == Some(FailureKind::RuntimeExited);
                 (outcome.into_frame(request_id), fatal)

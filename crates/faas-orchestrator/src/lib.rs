@@ -455,14 +455,10 @@ impl Orchestrator {
                         .get_or_create(&labels)
                         .observe(lease.start_time.as_secs_f64());
                 }
-                // The cold start counts against the timeout too: callers set one deadline.
-                let remaining = timeout
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1));
-                let out = lease
-                    .instance()
-                    .invoke(&request_id, payload, remaining)
-                    .await;
+                // `timeout_sec` bounds the handler's run, as Lambda's does; the
+                // cold start has its own bounds (sandbox start, handler load), so
+                // a slow boot (a microVM under TCG) never eats a short timeout.
+                let out = lease.instance().invoke(&request_id, payload, timeout).await;
                 let healthy = out.is_ok();
                 self.pool.release(lease, healthy);
                 let result = match out {

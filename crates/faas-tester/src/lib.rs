@@ -26,6 +26,8 @@ pub enum Executor {
     Native,
     /// Containers of a real `dockerd` (`FAAS_DOCKER_HOST`).
     Docker,
+    /// QEMU `microvm` guests (TCG where KVM is paravirtual) with the agent on vsock.
+    Microvm,
 }
 
 impl Executor {
@@ -34,6 +36,7 @@ impl Executor {
         match self {
             Executor::Native => "native",
             Executor::Docker => "docker",
+            Executor::Microvm => "microvm",
         }
     }
 }
@@ -58,7 +61,32 @@ macro_rules! executor_tests {
                 }
             )*
         }
+        mod microvm {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Executor::Microvm).await
+                }
+            )*
+        }
     };
+}
+
+/// `vhost-device-vsock` on `PATH`, or where `scripts/lib.sh` installs it.
+pub fn vhost_vsock() -> Option<PathBuf> {
+    on_path("vhost-device-vsock").or_else(|| {
+        let cached = PathBuf::from("/var/cache/faas/cargo-root/bin/vhost-device-vsock");
+        cached.is_file().then_some(cached)
+    })
+}
+
+/// The first `name` on `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Where the built binaries are: `FAAS_BIN_DIR`, else the directory above the
@@ -118,9 +146,30 @@ pub fn missing_prerequisite(executor: Executor) -> Option<String> {
                 return Some(format!("no Docker daemon answers at {host}"));
             }
         }
+        Executor::Microvm => {
+            for (bin, hint) in [
+                ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
+                ("mke2fs", "apt-get install e2fsprogs"),
+                ("apt-get", "a Debian host, to fetch the guest kernel"),
+            ] {
+                if on_path(bin).is_none() {
+                    return Some(format!("{bin} is not installed ({hint})"));
+                }
+            }
+            if vhost_vsock().is_none() {
+                return Some(
+                    "vhost-device-vsock is not installed (cargo install vhost-device-vsock)".into(),
+                );
+            }
+        }
     }
     None
 }
+
+/// One microVM server at a time per test binary: under TCG two cores boot one
+/// guest in seconds and several in tens of seconds, and a starved
+/// vhost-device-vsock stops answering.
+static ONE_MICROVM_SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Skip (loudly) or, under CI, fail when a prerequisite is missing.
 /// Returns `false` when the test should return early.
@@ -146,6 +195,17 @@ pub fn require(executor: Executor, test: &str) -> bool {
     }
 }
 
+/// `PATH` for the server: ours, plus the directory of `vhost-device-vsock`.
+fn server_path() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(dir) = vhost_vsock().as_deref().and_then(Path::parent) {
+        dirs.push(dir.to_path_buf());
+    }
+    std::env::join_paths(dirs).expect("PATH entries")
+}
+
 /// A running `faas serve`.
 pub struct TestServer {
     /// Base URL.
@@ -158,6 +218,9 @@ pub struct TestServer {
     extra_args: Vec<String>,
     child: Option<Child>,
     http: reqwest::Client,
+    /// Held for the server's life by microVM servers (see [`ONE_MICROVM_SERVER`]);
+    /// dropped after `Drop::drop` has stopped the server.
+    _vm_turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl TestServer {
@@ -181,6 +244,10 @@ impl TestServer {
             .prefix("faas-test-")
             .tempdir()
             .expect("temp data dir");
+        let vm_turn = match executor {
+            Executor::Microvm => Some(ONE_MICROVM_SERVER.lock().await),
+            _ => None,
+        };
         let mut server = TestServer {
             url: String::new(),
             executor,
@@ -193,6 +260,7 @@ impl TestServer {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             http: reqwest::Client::new(),
+            _vm_turn: vm_turn,
         };
         server.spawn().await;
         server
@@ -237,6 +305,7 @@ impl TestServer {
             .arg(images_dir())
             .args(["--cgroup-parent", &self.cgroup_parent])
             .args(&self.extra_args)
+            .env("PATH", server_path())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -311,7 +380,16 @@ impl TestServer {
     /// Stop and assert that nothing of any instance remains.
     pub async fn stop_and_check_clean(mut self) {
         self.stop().await;
-        let leftovers = self.leftovers();
+        let mut leftovers = self.leftovers();
+        // A stopped server also removes the parent cgroup its instances lived in.
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let parent = c.path().join(&self.cgroup_parent);
+                if parent.is_dir() {
+                    leftovers.push(format!("cgroup parent {}", parent.display()));
+                }
+            }
+        }
         assert!(
             leftovers.is_empty(),
             "left behind: {leftovers:#?}\n{}",
@@ -356,12 +434,18 @@ impl TestServer {
                 }
             }
         }
+        if let Ok(entries) = std::fs::read_dir(self.data.path().join("run/microvm")) {
+            for e in entries.flatten() {
+                found.push(format!("microVM dir {}", e.path().display()));
+            }
+        }
         if let Ok(entries) = std::fs::read_dir(self.data.path().join("run/docker")) {
             for e in entries.flatten() {
                 found.push(format!("docker instance dir {}", e.path().display()));
             }
         }
         let data = self.data.path().to_string_lossy().to_string();
+        let server = self.child.as_ref().and_then(Child::id);
         for line in std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
@@ -375,6 +459,17 @@ impl TestServer {
                 let cgroup = std::fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();
                 if cgroup.contains(&format!("/{}/", self.cgroup_parent)) {
                     found.push(format!("process {}", p.file_name().to_string_lossy()));
+                    continue;
+                }
+                // VMMs and vsock helpers name the data dir on their command line.
+                let pid = p.file_name().to_string_lossy().parse::<u32>().ok();
+                if pid.is_none() || pid == server {
+                    continue;
+                }
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&data) {
+                    found.push(format!("process {}: {cmdline}", pid.unwrap_or_default()));
                 }
             }
         }

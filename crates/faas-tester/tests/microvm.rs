@@ -17,15 +17,8 @@ use faas_executor::microvm::{
 };
 use faas_executor::{ExecutorError, InstanceSpec, Sandbox};
 use faas_images::ImageStore;
+use faas_tester::vhost_vsock;
 use tokio::sync::OnceCell;
-
-/// `vhost-device-vsock` on PATH, or where scripts/lib.sh installs it.
-fn vhost_vsock() -> Option<PathBuf> {
-    find_binary(Path::new("vhost-device-vsock")).or_else(|| {
-        let cached = PathBuf::from("/var/cache/faas/cargo-root/bin/vhost-device-vsock");
-        cached.is_file().then_some(cached)
-    })
-}
 
 fn missing() -> Option<String> {
     // SAFETY: geteuid has no preconditions.

@@ -29,6 +29,9 @@ pub struct BuildArgs {
     /// Guest agent binary to include [default: faas-guest-agent beside this binary].
     #[arg(long, env = "FAAS_AGENT_PATH")]
     agent_path: Option<PathBuf>,
+    /// Also build the microVM guest: kernel, initramfs and a root disk per language.
+    #[arg(long)]
+    microvm: bool,
 }
 
 /// Run an image command.
@@ -54,6 +57,22 @@ pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot build the {lang} image"))?;
         println!("{lang}\t{}\t{}", image.hash, image.rootfs.display());
+        if args.microvm {
+            let disk = store
+                .ensure_guest_disk(&image, args.force, &progress)
+                .await
+                .with_context(|| format!("cannot build the {lang} microVM disk"))?;
+            println!("{lang}-disk\t{}\t{}", disk.hash, disk.path.display());
+        }
+    }
+    if args.microvm {
+        let progress = |line: &str| eprintln!("[images] {line}");
+        let kernel = store
+            .ensure_guest_kernel(args.force, &progress)
+            .await
+            .context("cannot build the microVM guest kernel")?;
+        println!("kernel\t{}", kernel.vmlinux.display());
+        println!("initramfs\t{}", kernel.initramfs.display());
     }
     Ok(ExitCode::SUCCESS)
 }

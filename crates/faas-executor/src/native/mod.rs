@@ -56,7 +56,7 @@ impl Default for NativeConfig {
             instances_dir: PathBuf::from("/run/faas/instances"),
             cgroup_parent: "faas".into(),
             sandbox_uid: 1000,
-            pids_limit: 128,
+            pids_limit: faas_common::sandbox::DEFAULT_PIDS_LIMIT,
             cpu_quota_us: 100_000,
             tmp_mb: 64,
             swap_accounting: CgroupLayout::detect().swap_accounting(),

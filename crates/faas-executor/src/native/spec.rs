@@ -17,66 +17,6 @@ pub const GUEST_SOCKET_DIR: &str = "/run/faas";
 /// The agent's socket inside [`GUEST_SOCKET_DIR`].
 pub const AGENT_SOCKET: &str = "agent.sock";
 
-/// System calls functions never need; each returns EPERM. Most are also
-/// refused for lack of capabilities; seccomp is the second wall, and for some
-/// (`unshare`, `keyctl`, `ptrace`, `userfaultfd`, `io_uring_*`, `bpf`) the only one.
-pub const BLOCKED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "adjtimex",
-    "bpf",
-    "chroot",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "fanotify_init",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vhangup",
-];
-
 /// Paths hidden from the sandbox (as Docker does).
 const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
@@ -221,7 +161,7 @@ fn seccomp() -> Value {
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [{"names": BLOCKED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM as u32}],
+        "syscalls": [{"names": faas_common::sandbox::BLOCKED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM as u32}],
     })
 }
 
