@@ -24,7 +24,7 @@ struct Args {
     /// Concurrent clients in the throughput run.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Sandbox kind.
+    /// Sandbox kind: native, docker, microvm (QEMU), firecracker (needs FAAS_FC_BINARY_PATH).
     #[arg(long, default_value = "native")]
     executor: String,
 }
@@ -54,23 +54,32 @@ async fn main() -> Result<()> {
         "native" => Executor::Native,
         "docker" => Executor::Docker,
         "microvm" => Executor::Microvm,
+        "firecracker" => Executor::Firecracker,
         other => bail!("unknown executor {other}"),
     };
     if let Some(why) = faas_tester::missing_prerequisite(executor) {
         bail!("cannot benchmark: {why}");
     }
-    let server = TestServer::start_with(executor, &["--max-instances", "64"]).await;
+    // VMs: idle instances expire after 1 s, so that the restore measurement
+    // below gets cold starts of one function without redeploying it.
+    let idle = if executor.is_vm() { "1" } else { "300" };
+    let server = TestServer::start_with(
+        executor,
+        &["--max-instances", "64", "--idle-timeout-sec", idle],
+    )
+    .await;
     println!(
         "# faas-bench: executor {}, {} cores",
         args.executor,
         num_cpus()
     );
     println!(
-        "{:<7} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>9}",
+        "{:<7} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>9}",
         "lang",
         "cold p50",
         "cold p90",
         "cold max",
+        "start avg",
         "warm p50",
         "warm p99",
         "srv p50",
@@ -79,6 +88,7 @@ async fn main() -> Result<()> {
     );
     for &(label, lang, handler, file, code) in FUNCTIONS {
         let cold = cold_starts(&server, label, lang, handler, file, code, args.cold).await?;
+        let start = mean_start_ms(&server, &format!("cold-{label}-")).await;
         let name = format!("bench-{label}");
         server
             .deploy(&name, lang, handler, &[(file, code)], json!({}))
@@ -91,18 +101,20 @@ async fn main() -> Result<()> {
             Duration::from_secs(args.seconds),
         )
         .await?;
-        let rss = match executor {
-            Executor::Microvm => vmm_memory(&server),
-            _ => instance_memory(&server).await,
+        let rss = if executor.is_vm() {
+            vmm_memory(&server)
+        } else {
+            instance_memory(&server).await
         };
         // "srv p50": median time inside the server for a warm call (pool, agent
         // round trip, bootstrap dispatch, a trivial handler), without HTTP.
         println!(
-            "{:<7} {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>7.3}ms {:>7.3}ms {:>7.3}ms | {:>10.0} | {:>7.1}MB",
+            "{:<7} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>7.3}ms {:>7.3}ms {:>7.3}ms | {:>10.0} | {:>7.1}MB",
             label,
             pct(&cold, 50.0),
             pct(&cold, 90.0),
             pct(&cold, 100.0),
+            start,
             pct(&warm, 50.0),
             pct(&warm, 99.0),
             pct(&server_side, 50.0),
@@ -111,8 +123,127 @@ async fn main() -> Result<()> {
         );
         server.delete(&format!("/functions/{name}")).await;
     }
+    if executor.is_vm() {
+        // "start avg" above is a VM's boot to ready (kernel, agent, handler
+        // loaded) plus saving it; here, starts of the same function from that state.
+        println!(
+            "{:<7} {:>13} {:>13} {:>17}",
+            "lang", "restore p50", "restore max", "restore start avg"
+        );
+        for &(label, lang, handler, file, code) in FUNCTIONS {
+            let (rtt, start) =
+                restores(&server, label, lang, handler, file, code, args.cold).await?;
+            println!(
+                "{:<7} {:>11.1}ms {:>11.1}ms {:>15.1}ms",
+                label,
+                pct(&rtt, 50.0),
+                pct(&rtt, 100.0),
+                start
+            );
+        }
+    }
     drop(server);
     Ok(())
+}
+
+/// Cold starts of one function after its first: each waits for the idle instance
+/// to expire, so the next call starts a new one (a restore, for microVMs).
+/// Client round trips, and the server's mean start time of those instances, ms.
+async fn restores(
+    s: &TestServer,
+    label: &str,
+    lang: &str,
+    handler: &str,
+    file: &str,
+    code: &str,
+    n: usize,
+) -> Result<(Vec<f64>, f64)> {
+    let name = format!("restore-{label}");
+    s.deploy(&name, lang, handler, &[(file, code)], json!({}))
+        .await;
+    let first = s.invoke(&name, b"{}").await;
+    if first.status != 200 {
+        bail!("first invoke of {name} failed: {}", first.text());
+    }
+    let (sum0, count0) = start_stats(s, &name).await;
+    let mut rtt = Vec::with_capacity(n);
+    for _ in 0..n {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, st) = s.get(&format!("/functions/{name}/status")).await;
+            if st["warm_instances"] == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the idle instance of {name} did not expire");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let t = Instant::now();
+        let r = s.invoke(&name, b"{}").await;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if r.status != 200 || !r.cold_start {
+            bail!("cold invoke of {name} failed: {} {}", r.status, r.text());
+        }
+        rtt.push(ms);
+    }
+    let (sum, count) = start_stats(s, &name).await;
+    s.delete(&format!("/functions/{name}")).await;
+    let start = if count > count0 {
+        (sum - sum0) / (count - count0) * 1000.0
+    } else {
+        f64::NAN
+    };
+    Ok((rtt, start))
+}
+
+/// Sum (s) and count of `cold_start_duration_seconds` for function `name`.
+async fn start_stats(s: &TestServer, name: &str) -> (f64, f64) {
+    let text = match reqwest::get(format!("{}/metrics", s.url)).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return (0.0, 0.0),
+    };
+    let selector = format!("{{function=\"{name}\"}}");
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text.lines().filter(|l| l.contains(&selector)) {
+        let Some((metric, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if metric.contains("cold_start_duration_seconds_sum") {
+            sum = value;
+        } else if metric.contains("cold_start_duration_seconds_count") {
+            count = value;
+        }
+    }
+    (sum, count)
+}
+
+/// Mean instance start (sandbox start and handler load, without the call) of the
+/// functions named `prefix*`, from the server's `cold_start_duration_seconds`.
+async fn mean_start_ms(s: &TestServer, prefix: &str) -> f64 {
+    let Ok(r) = reqwest::get(format!("{}/metrics", s.url)).await else {
+        return f64::NAN;
+    };
+    let text = r.text().await.unwrap_or_default();
+    let (mut sum, mut count) = (0.0, 0.0);
+    let selector = format!("{{function=\"{prefix}");
+    for line in text.lines().filter(|l| l.contains(&selector)) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if name.contains("cold_start_duration_seconds_sum") {
+            sum += value;
+        } else if name.contains("cold_start_duration_seconds_count") {
+            count += value;
+        }
+    }
+    if count == 0.0 {
+        f64::NAN
+    } else {
+        sum / count * 1000.0
+    }
 }
 
 async fn cold_starts(

@@ -24,6 +24,15 @@ use crate::Language;
 /// Version byte carried by every frame.
 pub const PROTOCOL_VERSION: u8 = 2;
 
+/// Name of the virtio-serial port the agent serves frames on in a QEMU guest
+/// restored from snapshots (instead of vsock [`AGENT_VSOCK_PORT`]).
+pub const AGENT_PORT_NAME: &str = "faas.agent";
+/// Name of the virtio-serial port for control requests (reseed) in such a guest.
+pub const CONTROL_PORT_NAME: &str = "faas.control";
+/// Kernel command line argument telling the agent (as init) to use the
+/// virtio-serial ports rather than vsock.
+pub const SERIAL_TRANSPORT_ARG: &str = "faas.transport=serial";
+
 /// Largest frame either side accepts (header + body).
 pub const MAX_FRAME_LEN: u32 = 64 * 1024 * 1024;
 

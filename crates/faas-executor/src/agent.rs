@@ -32,6 +32,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentConn<S> {
         AgentConn { stream }
     }
 
+    /// The stream back (nothing is buffered between calls).
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
     /// Send one frame and read the reply.
     pub async fn call(&mut self, frame: Frame) -> Result<Frame, ProtocolError> {
         self.stream.write_all(&frame.encode()?).await?;

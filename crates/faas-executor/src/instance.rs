@@ -65,6 +65,16 @@ impl<B: Backend> AgentInstance<B> {
         Err(err)
     }
 
+    /// The sandbox side, for sandbox-specific steps after start (a snapshot).
+    pub(crate) fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Tear the sandbox down (when a start-time step after loading failed).
+    pub(crate) async fn destroy_backend(&mut self) {
+        self.backend.destroy().await;
+    }
+
     /// Turn a failure into OutOfMemory when the OOM killer struck, and a lost
     /// agent into a crash report with what the sandbox says.
     async fn classify(&mut self, err: ExecutorError) -> ExecutorError {

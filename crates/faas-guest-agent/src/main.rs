@@ -5,6 +5,10 @@
 //! faas-guest-agent --init --listen vsock:1234      # init of a microVM
 //! ```
 //!
+//! As init, `faas.transport=serial` on the kernel command line replaces the
+//! vsock listener with the virtio-serial port `faas.agent` (QEMU guests that
+//! are saved and restored: QEMU cannot migrate its vsock device).
+//!
 //! With `--init` it first sets the VM up (see [`vm`]). It binds the socket, prints `FAAS_AGENT_READY` on stdout (so the host knows when
 //! to connect without polling), then serves one host connection at a time, speaking
 //! [`faas_common::protocol`] frames. When it runs as PID 1 it first forks so that PID 1
@@ -31,6 +35,12 @@ fn main() -> ExitCode {
     if vm_init {
         vm::init();
     }
+    // A VM that may be saved and restored talks over virtio-serial (see vm).
+    let listen = if vm_init && vm::serial_transport() {
+        Listen::Serial(faas_common::protocol::AGENT_PORT_NAME.into())
+    } else {
+        listen
+    };
     if std::process::id() == 1 {
         // Must happen before any thread exists: fork() in a threaded process is unsafe.
         reaper::become_child_of_reaper();

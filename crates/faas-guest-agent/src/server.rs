@@ -23,6 +23,8 @@ pub enum Listen {
     Unix(String),
     /// An AF_VSOCK port (microVMs; the host reaches it through the VMM's hybrid vsock).
     Vsock(u32),
+    /// A virtio-serial port by name (QEMU microVMs that are saved and restored).
+    Serial(String),
 }
 
 /// Bind `listen` and serve host connections until the runtime dies.
@@ -40,6 +42,19 @@ pub fn serve(listen: &Listen) -> Result<(), AgentError> {
                 }
             }
             Ok(())
+        }
+        Listen::Serial(name) => {
+            let port = crate::vm::open_port(name)?;
+            ready()?;
+            let mut runtime: Option<Runtime> = None;
+            loop {
+                if serve_conn(&mut runtime, port.try_clone()?, port.try_clone()?) {
+                    return Ok(());
+                }
+                // End of input: no host on the other end (at boot, or a restored
+                // clone before its new host connects). Wait for one.
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         Listen::Vsock(port) => {
             let listener = crate::vm::vsock_listen(*port)?;

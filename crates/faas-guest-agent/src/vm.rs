@@ -349,9 +349,71 @@ pub fn accept(listener: RawFd) -> std::io::Result<std::fs::File> {
     }
 }
 
-/// Serve reseed requests on [`CONTROL_PORT`] from a thread of its own, so a
-/// restored clone can be fixed up while the main connection is re-established.
+/// Whether the host asked for the virtio-serial channel (QEMU with snapshots)
+/// instead of vsock.
+pub fn serial_transport() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|arg| arg == faas_common::protocol::SERIAL_TRANSPORT_ARG)
+}
+
+/// The virtio-serial port called `name`, opened for reading and writing. The
+/// port appears when `virtio_console` has probed; wait up to 5 s for it.
+pub fn open_port(name: &str) -> std::io::Result<std::fs::File> {
+    for _ in 0..500 {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let port = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if port.trim() == name {
+                    let dev = std::path::Path::new("/dev").join(entry.file_name());
+                    return std::fs::OpenOptions::new().read(true).write(true).open(dev);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("no virtio-serial port named {name}"),
+    ))
+}
+
+/// Answer one reseed request read from `conn`.
+fn serve_reseed(conn: &mut (impl Read + Write)) -> std::io::Result<()> {
+    let mut req = [0u8; RESEED_LEN];
+    conn.read_exact(&mut req)?;
+    let reply: &[u8] = match reseed(&req) {
+        Ok(()) => b"OK\n",
+        Err(e) => {
+            eprintln!("faas-guest-agent: reseed: {e}");
+            b"ERR\n"
+        }
+    };
+    conn.write_all(reply)
+}
+
+/// Serve reseed requests from a thread of its own, so a restored clone can be
+/// fixed up while the main connection is re-established: on vsock port
+/// [`CONTROL_PORT`], or on the `faas.control` virtio-serial port.
 pub fn spawn_control_listener() {
+    if serial_transport() {
+        let mut port = match open_port(faas_common::protocol::CONTROL_PORT_NAME) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("faas-guest-agent: control port: {e}");
+                return;
+            }
+        };
+        std::thread::spawn(move || loop {
+            // A read of a port with no host on the other end ends at once
+            // (EOF): wait for the host rather than spin.
+            if serve_reseed(&mut port).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        return;
+    }
     let listener = match vsock_listen(CONTROL_PORT) {
         Ok(l) => l,
         Err(e) => {
@@ -363,15 +425,7 @@ pub fn spawn_control_listener() {
         let Ok(mut conn) = accept(listener.as_raw_fd()) else {
             continue;
         };
-        let mut req = [0u8; RESEED_LEN];
-        let reply: &[u8] = match conn.read_exact(&mut req).and_then(|()| reseed(&req)) {
-            Ok(()) => b"OK\n",
-            Err(e) => {
-                eprintln!("faas-guest-agent: reseed: {e}");
-                b"ERR\n"
-            }
-        };
-        let _ = conn.write_all(reply);
+        let _ = serve_reseed(&mut conn);
     });
 }
 

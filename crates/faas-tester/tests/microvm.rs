@@ -102,16 +102,20 @@ struct Fixture {
     _tmp: tempfile::TempDir,
 }
 
-async fn fixture(handler_source: &str) -> Fixture {
+/// A QEMU sandbox: on hybrid vsock through vhost-device-vsock (`snapshots`
+/// false), or on virtio-serial with snapshots.
+async fn fixture_with(handler_source: &str, snapshots: bool) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
     let config = MicrovmConfig {
         vmm: Vmm::Qemu(QemuConfig {
             vhost_vsock: vhost_vsock().unwrap(),
+            snapshots,
             ..QemuConfig::default()
         }),
         run_dir: run_dir.clone(),
         disk_cache: tmp.path().join("disks"),
+        snapshot_dir: tmp.path().join("snapshots"),
         start_timeout: Duration::from_secs(90),
         ..MicrovmConfig::default()
     };
@@ -126,6 +130,10 @@ async fn fixture(handler_source: &str) -> Fixture {
         code,
         _tmp: tmp,
     }
+}
+
+async fn fixture(handler_source: &str) -> Fixture {
+    fixture_with(handler_source, false).await
 }
 
 fn spec(code: &Path, memory_mb: u32) -> InstanceSpec {
@@ -336,4 +344,83 @@ async fn memory_limit_kills_the_function_not_the_vm() {
     );
     instance.destroy().await;
     assert_nothing_left(&f.run_dir);
+}
+
+const LOADED_STATE: &str = r#"
+import os, time
+SEED = os.urandom(8).hex()
+CALLS = [0]
+
+def handler(event, context):
+    CALLS[0] += 1
+    return {"calls": CALLS[0], "loaded_seed": SEED, "fresh": os.urandom(8).hex(), "now": time.time()}
+"#;
+
+async fn call(instance: &mut Box<dyn faas_executor::Instance>, id: &str) -> serde_json::Value {
+    let out = instance
+        .invoke(id, b"{}".to_vec(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(out.error, None, "logs: {}", out.logs);
+    serde_json::from_slice(&out.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_restores_the_loaded_handler_with_fresh_randomness() {
+    if skipped("a_snapshot_restores_the_loaded_handler_with_fresh_randomness") {
+        return;
+    }
+    let _serial = ONE_VM_AT_A_TIME.lock().await;
+    let f = fixture_with(LOADED_STATE, true).await;
+    let snapshots = f._tmp.path().join("snapshots");
+
+    let t = Instant::now();
+    let mut first = f.sandbox.start(spec(f.code.path(), 128)).await.unwrap();
+    let boot = t.elapsed();
+    let saved: Vec<_> = std::fs::read_dir(&snapshots).unwrap().flatten().collect();
+    assert_eq!(saved.len(), 1, "the first VM was saved once loaded");
+    let a1 = call(&mut first, "a1").await;
+    let a2 = call(&mut first, "a2").await;
+    assert_eq!(
+        (a1["calls"].as_u64(), a2["calls"].as_u64()),
+        (Some(1), Some(2))
+    );
+
+    let t = Instant::now();
+    let mut second = f.sandbox.start(spec(f.code.path(), 128)).await.unwrap();
+    let restore = t.elapsed();
+    let mut third = f.sandbox.start(spec(f.code.path(), 128)).await.unwrap();
+    let b = call(&mut second, "b").await;
+    let c = call(&mut third, "c").await;
+    report(&format!(
+        "boot + load + save: {boot:?}; restore to ready: {restore:?}"
+    ));
+
+    // The clones carry the state saved after loading: the module-level seed of
+    // the first VM, and no invocation yet.
+    assert_eq!(b["loaded_seed"], a1["loaded_seed"], "restored, not booted");
+    assert_eq!(c["loaded_seed"], a1["loaded_seed"]);
+    assert_eq!(b["calls"], 1);
+    assert_eq!(c["calls"], 1);
+    // Each clone was reseeded: their random streams differ from each other.
+    assert_ne!(b["fresh"], c["fresh"], "clones must not share randomness");
+    assert_ne!(b["fresh"], a1["fresh"]);
+    // And its clock was set: not the time of the save.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let skew = (b["now"].as_f64().unwrap() - now).abs();
+    assert!(skew < 5.0, "restored clock is {skew}s off");
+
+    for i in [first, second, third] {
+        i.destroy().await;
+    }
+    assert_nothing_left(&f.run_dir);
+    f.sandbox.reap_leftovers().await.unwrap();
+    assert_eq!(
+        std::fs::read_dir(&snapshots).unwrap().count(),
+        0,
+        "snapshots are removed with the sandbox's leftovers"
+    );
 }

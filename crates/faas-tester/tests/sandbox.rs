@@ -89,9 +89,10 @@ async fn sees_only_its_own_processes_and_no_network(executor: Executor) {
     .await;
     // A microVM's own kernel threads are visible in it (they are the guest's,
     // not the host's): count user processes there.
-    let op = match executor {
-        Executor::Microvm => "user_pids",
-        _ => "pids",
+    let op = if executor.is_vm() {
+        "user_pids"
+    } else {
+        "pids"
     };
     let pids = probe(&s, json!({ "op": op })).await;
     let pids = pids.as_array().unwrap();

@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// Policy (JSON or TOML) the node's own evidence must satisfy [default: hardware only].
     #[arg(long, env = "FAAS_ATTESTATION_POLICY")]
     attestation_policy: Option<PathBuf>,
+    /// QEMU microVMs: save each function's first VM once loaded and restore
+    /// further instances from it (true), or boot every VM on vsock (false) [default: true].
+    #[arg(long, env = "FAAS_MICROVM_SNAPSHOTS")]
+    microvm_snapshots: Option<bool>,
 }
 
 /// Run until SIGINT or SIGTERM; then stop every instance before exiting.
@@ -131,7 +135,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     for (i, kind) in kinds.iter().enumerate() {
         let is_default = i == 0;
         let sandbox = if kind == "microvm" {
-            build_microvm(&store, &runtimes, &data_dir).await?
+            build_microvm(&store, &runtimes, &data_dir, args.microvm_snapshots).await?
         } else {
             build_sandbox(kind, is_default, &args, &file, &data_dir, &images).await?
         };
@@ -298,6 +302,7 @@ async fn build_microvm(
     store: &ImageStore,
     runtimes: &[RuntimeImage],
     data_dir: &Path,
+    snapshots: Option<bool>,
 ) -> Result<Arc<dyn Sandbox>> {
     let progress = |line: &str| eprintln!("[images] {line}");
     let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
@@ -327,12 +332,16 @@ async fn build_microvm(
     }
     let vmm = match env_path("FAAS_FC_BINARY_PATH") {
         Some(binary) => Vmm::Firecracker(FirecrackerConfig { binary }),
-        None => Vmm::Qemu(QemuConfig::default()),
+        None => Vmm::Qemu(QemuConfig {
+            snapshots: snapshots.unwrap_or(true),
+            ..QemuConfig::default()
+        }),
     };
     let config = MicrovmConfig {
         vmm,
         run_dir: data_dir.join("run/microvm"),
         disk_cache: data_dir.join("microvm-disks"),
+        snapshot_dir: data_dir.join("run/microvm-snapshots"),
         ..MicrovmConfig::default()
     };
     let sandbox = MicrovmSandbox::new(

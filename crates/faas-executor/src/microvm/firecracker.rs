@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 
-use super::{Launched, VmPlan, GUEST_CID};
+use super::{AgentEndpoint, Launched, VmPlan, GUEST_CID};
 use crate::ExecutorError;
 
 /// Settings of the Firecracker VMM.
@@ -211,6 +211,11 @@ pub fn boot_requests(plan: &VmPlan, vsock_uds: &Path) -> Vec<(Method, String, Va
 
 /// Start a Firecracker process for `plan` and boot it through the API.
 pub async fn launch(config: &FirecrackerConfig, plan: &VmPlan) -> Result<Launched, ExecutorError> {
+    if plan.restore_from.is_some() {
+        return Err(ExecutorError::Start(
+            "snapshot restore is not wired up for Firecracker (docs/microvm.md)".into(),
+        ));
+    }
     let api_socket = plan.dir.join("firecracker.sock");
     let vsock_uds = plan.dir.join("vsock.sock");
     // Firecracker's serial console is its stdout: it lands in the console log.
@@ -244,7 +249,7 @@ pub async fn launch(config: &FirecrackerConfig, plan: &VmPlan) -> Result<Launche
     Ok(Launched {
         vmm,
         helper: None,
-        vsock_uds,
+        agent: AgentEndpoint::HybridVsock(vsock_uds),
     })
 }
 
@@ -309,6 +314,7 @@ mod tests {
             mem_mib: 192,
             vcpus: 1,
             console_log: PathBuf::from("/run/faas/vm/vm-1/console.log"),
+            restore_from: None,
         }
     }
 

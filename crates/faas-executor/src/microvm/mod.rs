@@ -14,6 +14,11 @@
 //!   vsock helper too, so a pending call fails at once and is reported as a
 //!   crash with the console's last lines. [`VmBackend`] removes everything on
 //!   every path (destroy, error, drop).
+//! - Snapshots (QEMU, [`QemuConfig::snapshots`]): the first VM of a function
+//!   version is saved once its handler is loaded; later instances load that
+//!   state into a fresh QEMU instead of booting, and get a reseed (fresh
+//!   randomness, the current time) before they serve. The agent then talks
+//!   over virtio-serial ports, which QEMU can migrate; vhost-user vsock it cannot.
 //! - Memory: the VM gets `memory_mb` plus [`MicrovmConfig::overhead_mb`] for
 //!   the guest kernel and agent; function processes run in a guest cgroup
 //!   capped at `memory_mb`, so the OOM killer picks the function, never the
@@ -22,6 +27,7 @@
 pub mod disk;
 pub mod firecracker;
 pub mod qemu;
+pub mod qmp;
 pub mod vsock;
 
 use std::collections::HashMap;
@@ -30,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use faas_common::protocol::AGENT_VSOCK_PORT;
+use faas_common::protocol::{InitSpec, AGENT_VSOCK_PORT, SERIAL_TRANSPORT_ARG};
 use faas_common::Language;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
@@ -87,6 +93,9 @@ pub struct MicrovmConfig {
     /// `tsc_early_khz` for the guest command line; `None`: the host's, from
     /// `/proc/cpuinfo` (under TCG a third of boots hang without it).
     pub tsc_khz: Option<u64>,
+    /// Where saved VM states live (one file per function version and VM shape).
+    /// Emptied at start and shutdown: a snapshot is a cache of this run.
+    pub snapshot_dir: PathBuf,
 }
 
 impl Default for MicrovmConfig {
@@ -99,6 +108,7 @@ impl Default for MicrovmConfig {
             overhead_mb: 128,
             start_timeout: Duration::from_secs(60),
             tsc_khz: None,
+            snapshot_dir: PathBuf::from("/run/faas/microvm-snapshots"),
         }
     }
 }
@@ -122,16 +132,39 @@ pub struct VmPlan {
     pub vcpus: u32,
     /// Where the guest's serial console goes.
     pub console_log: PathBuf,
+    /// A saved state to load instead of booting (QEMU, virtio-serial channel).
+    pub restore_from: Option<PathBuf>,
+}
+
+/// Unix sockets of a QEMU guest on the virtio-serial channel (QEMU listens).
+#[derive(Debug, Clone)]
+pub struct SerialSockets {
+    /// The agent's port (frames).
+    pub agent: PathBuf,
+    /// The control port (reseed).
+    pub control: PathBuf,
+    /// The QMP monitor (pause, save, load, resume).
+    pub qmp: PathBuf,
+}
+
+/// Where the host reaches a guest's agent.
+#[derive(Debug, Clone)]
+pub enum AgentEndpoint {
+    /// A hybrid vsock socket (`CONNECT <port>` handshake): Firecracker, or QEMU
+    /// with `vhost-device-vsock`.
+    HybridVsock(PathBuf),
+    /// QEMU's virtio-serial ports and monitor.
+    Serial(SerialSockets),
 }
 
 /// A started VMM.
 pub struct Launched {
     /// The VMM process.
     pub vmm: Child,
-    /// `vhost-device-vsock`, under QEMU.
+    /// `vhost-device-vsock`, under QEMU on the vsock channel.
     pub helper: Option<Child>,
-    /// The hybrid vsock socket.
-    pub vsock_uds: PathBuf,
+    /// How to reach the agent.
+    pub agent: AgentEndpoint,
 }
 
 /// Starts microVM instances.
@@ -166,7 +199,7 @@ impl MicrovmSandbox {
                 images.kernel.display()
             )));
         }
-        for dir in [&config.run_dir, &config.disk_cache] {
+        for dir in [&config.run_dir, &config.disk_cache, &config.snapshot_dir] {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
@@ -184,11 +217,20 @@ impl MicrovmSandbox {
         &self.config
     }
 
+    /// Whether VMs are saved and restored (QEMU with snapshots on).
+    fn snapshots(&self) -> bool {
+        matches!(&self.config.vmm, Vmm::Qemu(q) if q.snapshots)
+    }
+
     fn cmdline(&self, memory_mb: u32) -> String {
         let mut c =
             format!("console=ttyS0 reboot=k panic=-1 pci=off quiet faas.memory_mb={memory_mb}");
         if let Some(khz) = self.tsc_khz {
             c.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        if self.snapshots() {
+            c.push(' ');
+            c.push_str(SERIAL_TRANSPORT_ARG);
         }
         c
     }
@@ -221,31 +263,46 @@ impl MicrovmSandbox {
             disks,
             mem_mib: spec.memory_mb + self.config.overhead_mb,
             vcpus: self.config.vcpus,
+            restore_from: None,
         })
     }
 
-    /// Boot a VM for `spec` and connect to its agent, without loading a handler.
-    async fn boot(
+    /// A new VM directory and the plan for `spec`; with `restore_from`, the VM
+    /// loads that state instead of booting.
+    async fn prepare(
         &self,
         spec: &InstanceSpec,
-    ) -> Result<(VmBackend, tokio::net::UnixStream), ExecutorError> {
-        let started = Instant::now();
+        restore_from: Option<PathBuf>,
+    ) -> Result<(VmBackend, VmPlan), ExecutorError> {
         let id = format!("vm-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         let dir = self.config.run_dir.join(&id);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
         let mut backend = VmBackend::new(id, dir.clone());
-        let plan = match self.plan(spec, dir).await {
-            Ok(p) => p,
+        match self.plan(spec, dir).await {
+            Ok(mut plan) => {
+                plan.restore_from = restore_from;
+                Ok((backend, plan))
+            }
             Err(e) => {
                 backend.destroy().await;
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Start the VMM for `plan` and connect to its agent. A restored VM is
+    /// loaded, resumed and reseeded first. On error the VM is destroyed.
+    async fn launch(
+        &self,
+        backend: &mut VmBackend,
+        plan: &VmPlan,
+    ) -> Result<tokio::net::UnixStream, ExecutorError> {
+        let started = Instant::now();
         let launched = match &self.config.vmm {
-            Vmm::Qemu(q) => qemu::launch(q, &plan).await,
-            Vmm::Firecracker(f) => firecracker::launch(f, &plan).await,
+            Vmm::Qemu(q) => qemu::launch(q, plan).await,
+            Vmm::Firecracker(f) => firecracker::launch(f, plan).await,
         };
         let launched = match launched {
             Ok(l) => l,
@@ -254,21 +311,108 @@ impl MicrovmSandbox {
                 return Err(e);
             }
         };
-        let uds = launched.vsock_uds.clone();
         backend.supervise(launched);
-        match backend
-            .wait_for_agent(&uds, self.config.start_timeout)
-            .await
-        {
+        let result = async {
+            if let Some(state) = &plan.restore_from {
+                backend.load(state, self.config.start_timeout).await?;
+            }
+            let stream = backend.wait_for_agent(self.config.start_timeout).await?;
+            if plan.restore_from.is_some() {
+                backend.reseed().await?;
+            }
+            Ok(stream)
+        }
+        .await;
+        match result {
             Ok(stream) => {
-                tracing::info!(id = %backend.id, "microVM agent ready in {:?}", started.elapsed());
-                Ok((backend, stream))
+                let how = if plan.restore_from.is_some() {
+                    "restored"
+                } else {
+                    "booted"
+                };
+                tracing::info!(id = %backend.id, "microVM {how}, agent ready in {:?}", started.elapsed());
+                Ok(stream)
             }
             Err(e) => {
                 backend.destroy().await;
                 Err(e)
             }
         }
+    }
+
+    /// Restore an instance from `state`, whose handler is loaded already.
+    async fn restore(
+        &self,
+        spec: &InstanceSpec,
+        state: PathBuf,
+    ) -> Result<Box<dyn Instance>, ExecutorError> {
+        let (mut backend, plan) = self.prepare(spec, Some(state)).await?;
+        let stream = self.launch(&mut backend, &plan).await?;
+        let instance = AgentInstance::start(
+            backend,
+            stream,
+            spec.memory_mb,
+            None,
+            self.config.start_timeout,
+        )
+        .await?;
+        Ok(Box::new(instance))
+    }
+
+    /// Boot an instance and load its handler; save it to `save_to` when given.
+    async fn boot(
+        &self,
+        spec: InstanceSpec,
+        save_to: Option<PathBuf>,
+    ) -> Result<Box<dyn Instance>, ExecutorError> {
+        let (mut backend, plan) = self.prepare(&spec, None).await?;
+        let stream = self.launch(&mut backend, &plan).await?;
+        let mut instance = AgentInstance::start(
+            backend,
+            stream,
+            spec.memory_mb,
+            spec.init,
+            self.config.start_timeout,
+        )
+        .await?;
+        if let Some(state) = save_to {
+            let started = Instant::now();
+            // A failed save costs only the speed-up: this VM serves either way,
+            // unless it cannot be resumed, which makes it unusable.
+            match instance.backend_mut().save(&state).await {
+                Ok(()) => tracing::info!(
+                    id = %instance.backend_mut().id,
+                    "saved a snapshot in {:?}",
+                    started.elapsed()
+                ),
+                Err(SaveError::Saving(e)) => {
+                    tracing::warn!("could not save a snapshot: {e}")
+                }
+                Err(SaveError::Resuming(e)) => {
+                    instance.destroy_backend().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Box::new(instance))
+    }
+
+    /// The saved state for `plan` + `init`: every input that shapes the VM or
+    /// the loaded handler is in the name, so a state is only ever loaded into
+    /// an identical machine for the same function version.
+    fn snapshot_path(&self, plan: &VmPlan, init: &InitSpec) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let key = serde_json::json!({
+            "kernel": plan.kernel,
+            "initramfs": plan.initramfs,
+            "cmdline": plan.cmdline,
+            "disks": plan.disks,
+            "mem_mib": plan.mem_mib,
+            "vcpus": plan.vcpus,
+            "init": init,
+        });
+        let hash = hex::encode(&Sha256::digest(key.to_string().as_bytes())[..16]);
+        self.config.snapshot_dir.join(format!("{hash}.state"))
     }
 }
 
@@ -279,16 +423,24 @@ impl Sandbox for MicrovmSandbox {
     }
 
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
-        let (backend, stream) = self.boot(&spec).await?;
-        let instance = AgentInstance::start(
-            backend,
-            stream,
-            spec.memory_mb,
-            spec.init,
-            self.config.start_timeout,
-        )
-        .await?;
-        Ok(Box::new(instance))
+        let Some(init) = spec.init.as_ref().filter(|_| self.snapshots()) else {
+            return self.boot(spec, None).await;
+        };
+        let state = {
+            let plan = self.plan(&spec, self.config.run_dir.clone()).await?;
+            self.snapshot_path(&plan, init)
+        };
+        if state.is_file() {
+            match self.restore(&spec, state.clone()).await {
+                Ok(instance) => return Ok(instance),
+                Err(e) => {
+                    // A state that does not load is dropped; this start boots.
+                    tracing::warn!("restoring {} failed, booting: {e}", state.display());
+                    let _ = tokio::fs::remove_file(&state).await;
+                }
+            }
+        }
+        self.boot(spec, Some(state)).await
     }
 
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
@@ -311,16 +463,28 @@ impl Sandbox for MicrovmSandbox {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             removed += 1;
         }
+        if let Ok(mut states) = tokio::fs::read_dir(&self.config.snapshot_dir).await {
+            while let Ok(Some(state)) = states.next_entry().await {
+                let _ = tokio::fs::remove_file(state.path()).await;
+            }
+        }
         Ok(removed)
     }
 }
 
-/// Ask the agent of a restored clone to reseed its RNG and set its clock (a
-/// snapshot's clones would otherwise share one random stream and a stale time).
+/// Ask the agent of a restored clone, through the hybrid vsock socket, to
+/// reseed its RNG and set its clock (a snapshot's clones would otherwise share
+/// one random stream and a stale time).
 pub async fn reseed_guest(vsock_uds: &Path) -> Result<(), ExecutorError> {
-    let mut stream = vsock::connect(vsock_uds, CONTROL_PORT, Duration::from_secs(5))
+    let stream = vsock::connect(vsock_uds, CONTROL_PORT, Duration::from_secs(5))
         .await
         .map_err(|e| ExecutorError::Start(format!("reseed: {e}")))?;
+    reseed_over(stream).await
+}
+
+/// The reseed exchange on a connected control channel: 8 bytes of Unix time
+/// (ns, big endian) and 64 bytes of host randomness, answered by `OK\n`.
+async fn reseed_over(mut stream: tokio::net::UnixStream) -> Result<(), ExecutorError> {
     let mut req = Vec::with_capacity(72);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -332,15 +496,16 @@ pub async fn reseed_guest(vsock_uds: &Path) -> Result<(), ExecutorError> {
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(ExecutorError::io("read host randomness"))?;
     req.extend_from_slice(&seed);
-    stream
-        .write_all(&req)
+    let exchange = async {
+        stream.write_all(&req).await?;
+        let mut reply = [0u8; 3];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(ExecutorError::io("send reseed"))?;
-    let mut reply = [0u8; 3];
-    stream
-        .read_exact(&mut reply)
-        .await
-        .map_err(ExecutorError::io("read reseed reply"))?;
+        .map_err(|_| ExecutorError::Start("reseed: no answer within 10s".into()))?
+        .map_err(ExecutorError::io("reseed exchange"))?;
     if &reply == b"OK\n" {
         Ok(())
     } else {
@@ -348,10 +513,19 @@ pub async fn reseed_guest(vsock_uds: &Path) -> Result<(), ExecutorError> {
     }
 }
 
+/// Why saving a VM failed.
+enum SaveError {
+    /// The state was not written; the VM runs on.
+    Saving(ExecutorError),
+    /// The VM could not be resumed afterwards and is unusable.
+    Resuming(ExecutorError),
+}
+
 /// One VM: its directory and, through the supervisor task, its processes.
 pub struct VmBackend {
     id: String,
     dir: PathBuf,
+    endpoint: Option<AgentEndpoint>,
     console_log: PathBuf,
     /// Console bytes already scanned for OOM reports.
     console_seen: u64,
@@ -367,6 +541,7 @@ impl VmBackend {
             console_log: dir.join("console.log"),
             id,
             dir,
+            endpoint: None,
             console_seen: 0,
             kill: None,
             exited: None,
@@ -381,8 +556,9 @@ impl VmBackend {
         let Launched {
             mut vmm,
             mut helper,
-            ..
+            agent,
         } = launched;
+        self.endpoint = Some(agent);
         let pids: Vec<String> = [vmm.id(), helper.as_ref().and_then(Child::id)]
             .into_iter()
             .flatten()
@@ -417,12 +593,16 @@ impl VmBackend {
         self.exited.as_ref().and_then(|rx| rx.borrow().clone())
     }
 
+    /// Connect to the agent once it is up, within `timeout`.
     async fn wait_for_agent(
         &mut self,
-        uds: &Path,
         timeout: Duration,
     ) -> Result<tokio::net::UnixStream, ExecutorError> {
         let deadline = Instant::now() + timeout;
+        let endpoint = self
+            .endpoint
+            .clone()
+            .ok_or_else(|| ExecutorError::Start("VM not launched".into()))?;
         loop {
             if let Some(exit) = self.vmm_exit() {
                 return Err(ExecutorError::Start(format!(
@@ -430,15 +610,38 @@ impl VmBackend {
                     tail(&self.console_log, 8)
                 )));
             }
-            match vsock::connect(uds, AGENT_VSOCK_PORT, Duration::from_secs(5)).await {
-                Ok(stream) => return Ok(stream),
-                Err(vsock::VsockError::BadReply(r)) => {
-                    return Err(ExecutorError::Start(format!(
-                        "hybrid vsock handshake: unexpected reply {r:?}"
-                    )))
+            match &endpoint {
+                AgentEndpoint::HybridVsock(uds) => {
+                    match vsock::connect(uds, AGENT_VSOCK_PORT, Duration::from_secs(5)).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(vsock::VsockError::BadReply(r)) => {
+                            return Err(ExecutorError::Start(format!(
+                                "hybrid vsock handshake: unexpected reply {r:?}"
+                            )))
+                        }
+                        // Not up yet: the socket appears, then the guest's listener.
+                        Err(_) => {}
+                    }
                 }
-                // Not up yet: the socket appears, then the guest's listener.
-                Err(_) => {}
+                AgentEndpoint::Serial(sockets) => {
+                    // QEMU holds what we write until the agent opens its port, so
+                    // one connection and a ping that waits are enough.
+                    if let Ok(stream) = tokio::net::UnixStream::connect(&sockets.agent).await {
+                        let mut conn = crate::agent::AgentConn::new(stream);
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        return match tokio::time::timeout(left, conn.ping()).await {
+                            Ok(Ok(())) => Ok(conn.into_inner()),
+                            Ok(Err(e)) => Err(ExecutorError::Start(format!(
+                                "agent did not answer a ping ({e}); {}",
+                                self.diagnose().await
+                            ))),
+                            Err(_) => Err(ExecutorError::Start(format!(
+                                "agent not ready after {timeout:?}; console: {}",
+                                tail(&self.console_log, 8)
+                            ))),
+                        };
+                    }
+                }
             }
             if Instant::now() >= deadline {
                 return Err(ExecutorError::Start(format!(
@@ -448,6 +651,70 @@ impl VmBackend {
             }
             // Gently: every failed CONNECT costs the vsock backend a connection.
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn serial_sockets(&self) -> Result<&SerialSockets, ExecutorError> {
+        match &self.endpoint {
+            Some(AgentEndpoint::Serial(s)) => Ok(s),
+            _ => Err(ExecutorError::Start(
+                "snapshots need the virtio-serial channel".into(),
+            )),
+        }
+    }
+
+    /// Load a saved state into this (just launched, `-incoming defer`) QEMU and resume it.
+    async fn load(&mut self, state: &Path, timeout: Duration) -> Result<(), ExecutorError> {
+        let qmp_socket = self.serial_sockets()?.qmp.clone();
+        let fail = |e: qmp::QmpError| ExecutorError::Start(format!("restore: {e}"));
+        let mut qmp = qmp::Qmp::connect(&qmp_socket, Duration::from_secs(10))
+            .await
+            .map_err(fail)?;
+        qmp.load(state, timeout).await.map_err(fail)?;
+        qmp.resume().await.map_err(fail)
+    }
+
+    /// Give a restored guest fresh randomness and the current time.
+    async fn reseed(&mut self) -> Result<(), ExecutorError> {
+        match self.endpoint.clone() {
+            Some(AgentEndpoint::Serial(s)) => {
+                let stream = tokio::net::UnixStream::connect(&s.control)
+                    .await
+                    .map_err(ExecutorError::io("connect to the control port"))?;
+                reseed_over(stream).await
+            }
+            Some(AgentEndpoint::HybridVsock(uds)) => reseed_guest(&uds).await,
+            None => Err(ExecutorError::Start("VM not launched".into())),
+        }
+    }
+
+    /// Pause the VM, write its state to `state` (atomically: a temporary file
+    /// renamed into place) and resume it.
+    async fn save(&mut self, state: &Path) -> Result<(), SaveError> {
+        let qmp_socket = self
+            .serial_sockets()
+            .map_err(SaveError::Saving)?
+            .qmp
+            .clone();
+        let mut qmp = qmp::Qmp::connect(&qmp_socket, Duration::from_secs(10))
+            .await
+            .map_err(|e| SaveError::Saving(ExecutorError::Start(format!("snapshot: {e}"))))?;
+        let tmp = state.with_extension(format!("{}.tmp", self.id));
+        let saved = qmp.save(&tmp, Duration::from_secs(120)).await;
+        // Resume whatever happened: a paused VM would time out its first call.
+        qmp.resume()
+            .await
+            .map_err(|e| SaveError::Resuming(ExecutorError::Start(format!("resume: {e}"))))?;
+        match saved {
+            Ok(()) => tokio::fs::rename(&tmp, state)
+                .await
+                .map_err(|e| SaveError::Saving(ExecutorError::io("store the snapshot")(e))),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(SaveError::Saving(ExecutorError::Start(format!(
+                    "snapshot: {e}"
+                ))))
+            }
         }
     }
 

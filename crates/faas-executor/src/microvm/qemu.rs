@@ -1,14 +1,20 @@
 //! QEMU `microvm` as the VMM: KVM where hardware virtualisation really works,
-//! TCG (software emulation) otherwise, and `vhost-device-vsock` beside each VM
-//! so the host speaks the same hybrid vsock as with Firecracker.
+//! TCG (software emulation) otherwise. Two agent channels:
+//!
+//! - [`Channel::Vsock`]: `vhost-device-vsock` beside each VM, so the host speaks
+//!   the same hybrid vsock as with Firecracker;
+//! - [`Channel::Serial`] (with snapshots, the default): two virtio-serial ports
+//!   on Unix sockets QEMU listens on, and a QMP socket. QEMU 7.2 cannot migrate
+//!   a vhost-user device, so only this channel lets a VM be saved and restored.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use faas_common::protocol::{AGENT_PORT_NAME, CONTROL_PORT_NAME};
 use tokio::process::{Child, Command};
 
-use super::{Launched, VmPlan, GUEST_CID};
+use super::{AgentEndpoint, Launched, SerialSockets, VmPlan, GUEST_CID};
 use crate::ExecutorError;
 
 /// How QEMU runs guest code.
@@ -59,6 +65,10 @@ pub struct QemuConfig {
     pub vhost_vsock: PathBuf,
     /// `None`: [`Accel::detect`].
     pub accel: Option<Accel>,
+    /// Save a VM once its handler is loaded and start further instances of the
+    /// same function from that state (virtio-serial channel); `false`: boot
+    /// every VM (vhost-user vsock channel).
+    pub snapshots: bool,
 }
 
 impl Default for QemuConfig {
@@ -67,13 +77,28 @@ impl Default for QemuConfig {
             binary: PathBuf::from("qemu-system-x86_64"),
             vhost_vsock: PathBuf::from("vhost-device-vsock"),
             accel: None,
+            snapshots: true,
         }
     }
 }
 
+/// How the host reaches the agent in a QEMU guest.
+#[derive(Debug, Clone, Copy)]
+pub enum Channel<'a> {
+    /// vhost-user vsock, served by `vhost-device-vsock` on this socket.
+    Vsock {
+        /// The vhost-user socket QEMU connects to.
+        vhost_socket: &'a Path,
+    },
+    /// virtio-serial ports `faas.agent` and `faas.control` and a QMP monitor,
+    /// each on a Unix socket QEMU listens on. Migratable.
+    Serial(&'a SerialSockets),
+}
+
 /// The QEMU command line for `plan` (memory shared through a memfd, which
-/// vhost-user devices require; serial console to the plan's log file).
-pub fn qemu_args(plan: &VmPlan, accel: Accel, vhost_socket: &Path) -> Vec<String> {
+/// vhost-user devices require; serial console to the plan's log file). With
+/// `plan.restore_from`, QEMU waits for a saved state (`-incoming defer`).
+pub fn qemu_args(plan: &VmPlan, accel: Accel, channel: Channel<'_>) -> Vec<String> {
     let mem = format!("{}M", plan.mem_mib);
     let mut args: Vec<String> = vec![
         "-M".into(),
@@ -115,18 +140,74 @@ pub fn qemu_args(plan: &VmPlan, accel: Accel, vhost_socket: &Path) -> Vec<String
             format!("virtio-blk-device,drive={id}"),
         ]);
     }
-    args.extend([
-        "-chardev".into(),
-        format!("socket,id=vsk,path={}", vhost_socket.display()),
-        "-device".into(),
-        "vhost-user-vsock-device,chardev=vsk".into(),
-    ]);
+    match channel {
+        Channel::Vsock { vhost_socket } => args.extend([
+            "-chardev".into(),
+            format!("socket,id=vsk,path={}", vhost_socket.display()),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsk".into(),
+        ]),
+        Channel::Serial(sockets) => {
+            // Port 0 is reserved for a console: two ports of ours need three.
+            args.extend(["-device".into(), "virtio-serial-device,max_ports=3".into()]);
+            for (id, path, name) in [
+                ("agent", &sockets.agent, AGENT_PORT_NAME),
+                ("control", &sockets.control, CONTROL_PORT_NAME),
+            ] {
+                args.extend([
+                    "-chardev".into(),
+                    format!("socket,id={id},path={},server=on,wait=off", path.display()),
+                    "-device".into(),
+                    format!("virtserialport,chardev={id},name={name}"),
+                ]);
+            }
+            args.extend([
+                "-qmp".into(),
+                format!("unix:{},server=on,wait=off", sockets.qmp.display()),
+            ]);
+            if plan.restore_from.is_some() {
+                args.extend(["-incoming".into(), "defer".into()]);
+            }
+        }
+    }
     args
 }
 
-/// Start `vhost-device-vsock` and QEMU for `plan`.
+/// Start QEMU for `plan` on the virtio-serial channel (no helper process).
+async fn launch_serial(
+    config: &QemuConfig,
+    accel: Accel,
+    plan: &VmPlan,
+) -> Result<Launched, ExecutorError> {
+    let sockets = SerialSockets {
+        agent: plan.dir.join("agent.sock"),
+        control: plan.dir.join("control.sock"),
+        qmp: plan.dir.join("qmp.sock"),
+    };
+    let vmm = spawn_logged(
+        Command::new(&config.binary).args(qemu_args(plan, accel, Channel::Serial(&sockets))),
+        &plan.dir.join("vmm.log"),
+        "qemu-system-x86_64 (apt-get install qemu-system-x86)",
+    )?;
+    Ok(Launched {
+        vmm,
+        helper: None,
+        agent: AgentEndpoint::Serial(sockets),
+    })
+}
+
+/// Start QEMU for `plan`: with snapshots on the virtio-serial channel, else
+/// with `vhost-device-vsock` beside it.
 pub async fn launch(config: &QemuConfig, plan: &VmPlan) -> Result<Launched, ExecutorError> {
     let accel = config.accel.unwrap_or_else(Accel::detect);
+    if config.snapshots {
+        return launch_serial(config, accel, plan).await;
+    }
+    if plan.restore_from.is_some() {
+        return Err(ExecutorError::Start(
+            "restoring needs the virtio-serial channel (snapshots on)".into(),
+        ));
+    }
     let vhost_socket = plan.dir.join("vhost.sock");
     let vsock_uds = plan.dir.join("vsock.sock");
     let mut helper = spawn_logged(
@@ -155,14 +236,20 @@ pub async fn launch(config: &QemuConfig, plan: &VmPlan) -> Result<Launched, Exec
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let vmm = spawn_logged(
-        Command::new(&config.binary).args(qemu_args(plan, accel, &vhost_socket)),
+        Command::new(&config.binary).args(qemu_args(
+            plan,
+            accel,
+            Channel::Vsock {
+                vhost_socket: &vhost_socket,
+            },
+        )),
         &plan.dir.join("vmm.log"),
         "qemu-system-x86_64 (apt-get install qemu-system-x86)",
     )?;
     Ok(Launched {
         vmm,
         helper: Some(helper),
-        vsock_uds,
+        agent: AgentEndpoint::HybridVsock(vsock_uds),
     })
 }
 
@@ -203,8 +290,12 @@ mod tests {
             mem_mib: 256,
             vcpus: 1,
             console_log: PathBuf::from("/run/vm/console.log"),
+            restore_from: None,
         };
-        let args = qemu_args(&plan, Accel::Tcg, Path::new("/run/vm/vhost.sock")).join(" ");
+        let vsock = Channel::Vsock {
+            vhost_socket: Path::new("/run/vm/vhost.sock"),
+        };
+        let args = qemu_args(&plan, Accel::Tcg, vsock).join(" ");
         assert!(args.contains("-M microvm,accel=tcg,memory-backend=mem"));
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
         assert!(args.contains("id=code,file=/d/code.ext4,format=raw,if=none,readonly=on"));
@@ -212,7 +303,41 @@ mod tests {
         assert!(args.contains("vhost-user-vsock-device,chardev=vsk"));
         assert!(args.contains("-no-reboot"));
         assert!(args.contains("-initrd /k/initramfs.cpio"));
-        let kvm = qemu_args(&plan, Accel::Kvm, Path::new("/s")).join(" ");
+        assert!(!args.contains("-incoming"));
+        let kvm = qemu_args(&plan, Accel::Kvm, vsock).join(" ");
         assert!(kvm.contains("accel=kvm") && kvm.contains("-cpu host"));
+    }
+
+    #[test]
+    fn serial_channel_is_migratable_and_restores_on_request() {
+        let sockets = SerialSockets {
+            agent: PathBuf::from("/run/vm/agent.sock"),
+            control: PathBuf::from("/run/vm/control.sock"),
+            qmp: PathBuf::from("/run/vm/qmp.sock"),
+        };
+        let mut plan = VmPlan {
+            dir: PathBuf::from("/run/vm"),
+            kernel: PathBuf::from("/k/vmlinux"),
+            initramfs: None,
+            cmdline: "console=ttyS0 faas.transport=serial".into(),
+            disks: vec![("root".into(), PathBuf::from("/d/root.ext4"))],
+            mem_mib: 256,
+            vcpus: 1,
+            console_log: PathBuf::from("/run/vm/console.log"),
+            restore_from: None,
+        };
+        let args = qemu_args(&plan, Accel::Tcg, Channel::Serial(&sockets)).join(" ");
+        assert!(!args.contains("vhost-user"), "vhost-user blocks migration");
+        assert!(args.contains("-device virtio-serial-device,max_ports=3"));
+        assert!(args.contains(
+            "-chardev socket,id=agent,path=/run/vm/agent.sock,server=on,wait=off \
+             -device virtserialport,chardev=agent,name=faas.agent"
+        ));
+        assert!(args.contains("virtserialport,chardev=control,name=faas.control"));
+        assert!(args.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"));
+        assert!(!args.contains("-incoming"));
+        plan.restore_from = Some(PathBuf::from("/snap/x.state"));
+        let args = qemu_args(&plan, Accel::Tcg, Channel::Serial(&sockets)).join(" ");
+        assert!(args.ends_with("-incoming defer"));
     }
 }

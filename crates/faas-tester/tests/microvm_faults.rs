@@ -1,0 +1,85 @@
+//! MicroVM faults through the HTTP API: the VMM killed mid-invocation gives that
+//! invocation a clean 5xx, leaves no VM behind, and the next invocation succeeds
+//! on a freshly booted VM. Runs on QEMU (TCG here) and, when
+//! `FAAS_FC_BINARY_PATH` names one, on Firecracker.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use faas_tester::{require, Executor, TestServer};
+use serde_json::json;
+
+const SLOW: &str =
+    "import time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return 'ok'\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_killed_mid_invocation() {
+    killed_vmm_mid_invocation(Executor::Microvm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firecracker_killed_mid_invocation() {
+    killed_vmm_mid_invocation(Executor::Firecracker).await
+}
+
+/// Pids of the VMM processes (QEMU or Firecracker) of the server's VMs.
+fn vmm_pids(data_dir: &Path) -> Vec<i32> {
+    let data = data_dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            let program = cmdline.split('\0').next()?.rsplit('/').next()?.to_string();
+            let vmm = program.starts_with("qemu-system") || program == "firecracker";
+            (vmm && cmdline.contains(&data)).then_some(pid)
+        })
+        .collect()
+}
+
+async fn killed_vmm_mid_invocation(executor: Executor) {
+    if !require(executor, "killed_vmm_mid_invocation") {
+        return;
+    }
+    let s = TestServer::start(executor).await;
+    s.deploy("slow", "python", "m.handler", &[("m.py", SLOW)], json!({}))
+        .await;
+    assert_eq!(s.invoke_json("slow", json!({})).await, json!("ok"));
+    let vmms = vmm_pids(s.data_dir());
+    assert_eq!(vmms.len(), 1, "one warm VM: {vmms:?}");
+
+    let slow = {
+        let url = format!("{}/functions/slow/invoke", s.url);
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .body(r#"{"sleep": 20}"#)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
+    // SAFETY: kill(2) of a VMM this test's server started.
+    unsafe { libc::kill(vmms[0], libc::SIGKILL) };
+    let r = slow.await.unwrap();
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "the dead VMM was noticed promptly, not at the deadline"
+    );
+    assert_eq!(r.status().as_u16(), 500);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("VMM exited"), "{v}");
+    assert!(v["request_id"].is_string(), "{v}");
+
+    let r = s.invoke("slow", b"{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.cold_start, "a fresh VM serves the next call");
+    let vmms = vmm_pids(s.data_dir());
+    assert_eq!(vmms.len(), 1, "the dead VM is gone, one new one: {vmms:?}");
+    s.stop_and_check_clean().await;
+}
