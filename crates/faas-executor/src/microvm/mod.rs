@@ -94,8 +94,13 @@ pub struct MicrovmConfig {
     /// `/proc/cpuinfo` (under TCG a third of boots hang without it).
     pub tsc_khz: Option<u64>,
     /// Where saved VM states live (one file per function version and VM shape).
-    /// Emptied at start and shutdown: a snapshot is a cache of this run.
+    /// Emptied at start and shutdown: a snapshot is a cache of this run. The
+    /// states hold the functions' memory (their environment too): the
+    /// directory is made private to root.
     pub snapshot_dir: PathBuf,
+    /// Most saved states kept; past it the least recently used go. Each is up
+    /// to the VM's memory size.
+    pub max_snapshots: usize,
 }
 
 impl Default for MicrovmConfig {
@@ -109,6 +114,7 @@ impl Default for MicrovmConfig {
             start_timeout: Duration::from_secs(60),
             tsc_khz: None,
             snapshot_dir: PathBuf::from("/run/faas/microvm-snapshots"),
+            max_snapshots: 16,
         }
     }
 }
@@ -203,6 +209,15 @@ impl MicrovmSandbox {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(
+                &config.snapshot_dir,
+                std::fs::Permissions::from_mode(0o700),
+            )
+            .await
+            .map_err(ExecutorError::io("make the snapshot directory private"))?;
         }
         let tsc_khz = config.tsc_khz.or_else(host_tsc_khz);
         Ok(MicrovmSandbox {
@@ -380,11 +395,14 @@ impl MicrovmSandbox {
             // A failed save costs only the speed-up: this VM serves either way,
             // unless it cannot be resumed, which makes it unusable.
             match instance.backend_mut().save(&state).await {
-                Ok(()) => tracing::info!(
-                    id = %instance.backend_mut().id,
-                    "saved a snapshot in {:?}",
-                    started.elapsed()
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        id = %instance.backend_mut().id,
+                        "saved a snapshot in {:?}",
+                        started.elapsed()
+                    );
+                    prune_snapshots(&self.config.snapshot_dir, self.config.max_snapshots).await;
+                }
                 Err(SaveError::Saving(e)) => {
                     tracing::warn!("could not save a snapshot: {e}")
                 }
@@ -431,6 +449,10 @@ impl Sandbox for MicrovmSandbox {
             self.snapshot_path(&plan, init)
         };
         if state.is_file() {
+            // Recently used states are the ones pruning keeps.
+            if let Ok(f) = std::fs::File::open(&state) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             match self.restore(&spec, state.clone()).await {
                 Ok(instance) => return Ok(instance),
                 Err(e) => {
@@ -510,6 +532,30 @@ async fn reseed_over(mut stream: tokio::net::UnixStream) -> Result<(), ExecutorE
         Ok(())
     } else {
         Err(ExecutorError::Start("guest refused to reseed".into()))
+    }
+}
+
+/// Delete the least recently used states beyond `keep` (temporary files of
+/// saves in progress are left alone).
+async fn prune_snapshots(dir: &Path, keep: usize) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    let mut states = Vec::new();
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "state") {
+            if let Ok(modified) = entry.metadata().await.and_then(|m| m.modified()) {
+                states.push((modified, path));
+            }
+        }
+    }
+    if states.len() <= keep {
+        return;
+    }
+    states.sort();
+    for (_, path) in &states[..states.len() - keep] {
+        let _ = tokio::fs::remove_file(path).await;
     }
 }
 
@@ -676,16 +722,11 @@ impl VmBackend {
 
     /// Give a restored guest fresh randomness and the current time.
     async fn reseed(&mut self) -> Result<(), ExecutorError> {
-        match self.endpoint.clone() {
-            Some(AgentEndpoint::Serial(s)) => {
-                let stream = tokio::net::UnixStream::connect(&s.control)
-                    .await
-                    .map_err(ExecutorError::io("connect to the control port"))?;
-                reseed_over(stream).await
-            }
-            Some(AgentEndpoint::HybridVsock(uds)) => reseed_guest(&uds).await,
-            None => Err(ExecutorError::Start("VM not launched".into())),
-        }
+        let control = self.serial_sockets()?.control.clone();
+        let stream = tokio::net::UnixStream::connect(&control)
+            .await
+            .map_err(ExecutorError::io("connect to the control port"))?;
+        reseed_over(stream).await
     }
 
     /// Pause the VM, write its state to `state` (atomically: a temporary file
@@ -825,4 +866,33 @@ pub fn find_binary(bin: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(bin))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pruning_keeps_the_most_recently_used_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::time::SystemTime::now() - Duration::from_secs(100);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let path = dir.path().join(format!("{name}.state"));
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_modified(base + Duration::from_secs(i as u64 * 10))
+                .unwrap();
+        }
+        std::fs::File::create(dir.path().join("e.vm-1.tmp"))
+            .unwrap()
+            .set_modified(base)
+            .unwrap();
+        prune_snapshots(dir.path(), 2).await;
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["c.state", "d.state", "e.vm-1.tmp"]);
+    }
 }
