@@ -84,7 +84,8 @@ struct FaasArgs {
     /// Platform state: database, code, dependency layers [default: DATA_DIR/faas].
     #[arg(long, env = "FAAS_DATA_DIR")]
     faas_data_dir: Option<PathBuf>,
-    /// Sandbox kind functions run in: native, docker (firecracker is not in this build yet).
+    /// Sandbox kind functions run in: native, docker, microvm (QEMU, or Firecracker with
+    /// FAAS_FC_BINARY_PATH), firecracker (needs FAAS_FC_BINARY_PATH).
     #[arg(long, env = "FAAS_EXECUTOR_TYPE", default_value = "native")]
     executor: ExecutorType,
     /// Runtime image cache [default: FAAS_DATA_DIR/images].

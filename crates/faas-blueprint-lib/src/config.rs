@@ -12,7 +12,9 @@ pub enum ExecutorType {
     Native,
     /// Containers of a Docker daemon.
     Docker,
-    /// Firecracker microVMs (`FAAS_FC_*`); not offered by this build yet.
+    /// MicroVMs: QEMU `microvm`, or Firecracker when `FAAS_FC_BINARY_PATH` is set.
+    Microvm,
+    /// MicroVMs on Firecracker (the original plan's name); needs `FAAS_FC_BINARY_PATH`.
     Firecracker,
 }
 
@@ -22,6 +24,7 @@ impl ExecutorType {
         match self {
             ExecutorType::Native => "native",
             ExecutorType::Docker => "docker",
+            ExecutorType::Microvm => "microvm",
             ExecutorType::Firecracker => "firecracker",
         }
     }
@@ -33,9 +36,9 @@ impl fmt::Display for ExecutorType {
     }
 }
 
-/// An executor type name that is not one of `native`, `docker`, `firecracker`.
+/// An executor type name that is not one of `native`, `docker`, `microvm`, `firecracker`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown executor type {0:?} (expected native, docker or firecracker)")]
+#[error("unknown executor type {0:?} (expected native, docker, microvm or firecracker)")]
 pub struct UnknownExecutorType(pub String);
 
 impl FromStr for ExecutorType {
@@ -45,6 +48,7 @@ impl FromStr for ExecutorType {
         match s {
             "native" => Ok(ExecutorType::Native),
             "docker" => Ok(ExecutorType::Docker),
+            "microvm" => Ok(ExecutorType::Microvm),
             "firecracker" => Ok(ExecutorType::Firecracker),
             other => Err(UnknownExecutorType(other.to_string())),
         }
@@ -68,7 +72,7 @@ pub struct FirecrackerPaths {
 pub struct FaaSConfig {
     /// Sandbox kind every function runs in.
     pub executor: ExecutorType,
-    /// Firecracker paths, kept for the microVM sandbox.
+    /// Firecracker paths for the microVM sandbox.
     pub firecracker: FirecrackerPaths,
     /// Platform state: database, code, dependency layers, sandbox bundles.
     pub data_dir: PathBuf,
@@ -99,5 +103,24 @@ impl FaaSConfig {
             runc: PathBuf::from("runc"),
             docker_host: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executor_types_round_trip_and_unknown_ones_are_named() {
+        for kind in [
+            ExecutorType::Native,
+            ExecutorType::Docker,
+            ExecutorType::Microvm,
+            ExecutorType::Firecracker,
+        ] {
+            assert_eq!(kind.as_str().parse::<ExecutorType>().unwrap(), kind);
+        }
+        let err = "kvm".parse::<ExecutorType>().unwrap_err();
+        assert!(err.to_string().contains("\"kvm\""), "{err}");
     }
 }

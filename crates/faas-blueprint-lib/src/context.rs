@@ -7,9 +7,13 @@ use std::sync::Arc;
 use blueprint_runner::config::BlueprintEnvironment;
 use faas_common::Language;
 use faas_executor::docker::{DockerConfig, DockerSandbox};
+use faas_executor::microvm::{
+    FirecrackerConfig, GuestImages, MicrovmConfig, MicrovmSandbox, QemuConfig, Vmm,
+};
 use faas_executor::native::{NativeConfig, NativeSandbox};
 use faas_executor::{ExecutorError, ImageRef, Sandbox};
-use faas_images::{ImageError, ImageStore};
+use faas_images::microvm::MicrovmImageError;
+use faas_images::{ImageError, ImageStore, RuntimeImage};
 use faas_orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorError, Sandboxes};
 
 use crate::config::{ExecutorType, FaaSConfig};
@@ -35,9 +39,12 @@ pub enum ContextError {
         #[source]
         source: ExecutorError,
     },
-    /// The sandbox kind exists in the configuration but not in this build.
-    #[error("sandbox kind {0} is not available in this build (supported: native, docker)")]
-    Unsupported(ExecutorType),
+    /// The microVM guest (kernel, initramfs, root disks) could not be built.
+    #[error("cannot build the microVM guest: {0}")]
+    Guest(#[source] MicrovmImageError),
+    /// `FAAS_EXECUTOR_TYPE=firecracker` without `FAAS_FC_BINARY_PATH`.
+    #[error("FAAS_EXECUTOR_TYPE=firecracker needs FAAS_FC_BINARY_PATH (or use microvm for QEMU)")]
+    FirecrackerUnset,
     /// The platform state could not be opened.
     #[error("cannot open the platform state in {dir}: {source}")]
     State {
@@ -80,25 +87,19 @@ impl FaaSContext {
         env: BlueprintEnvironment,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Self, ContextError> {
-        if config.executor == ExecutorType::Firecracker {
-            return Err(ContextError::Unsupported(config.executor));
+        if config.executor == ExecutorType::Firecracker && config.firecracker.binary.is_none() {
+            return Err(ContextError::FirecrackerUnset);
         }
         let store = ImageStore::new(&config.images_dir);
-        let mut images = HashMap::new();
+        let mut runtimes = Vec::new();
         for language in Language::IMAGES {
             let image = store
                 .ensure(language, &config.agent_path, false, progress)
                 .await
                 .map_err(|source| ContextError::Image { language, source })?;
-            images.insert(
-                language,
-                ImageRef {
-                    rootfs: image.rootfs,
-                    hash: image.hash,
-                },
-            );
+            runtimes.push(image);
         }
-        let sandbox = build_sandbox(&config, images).await?;
+        let sandbox = build_sandbox(&config, &store, &runtimes, progress).await?;
         let orchestrator = Orchestrator::new(
             OrchestratorConfig {
                 data_dir: config.data_dir.clone(),
@@ -132,11 +133,23 @@ impl FaaSContext {
 
 async fn build_sandbox(
     config: &FaaSConfig,
-    images: HashMap<Language, ImageRef>,
+    store: &ImageStore,
+    runtimes: &[RuntimeImage],
+    progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Arc<dyn Sandbox>, ContextError> {
     let kind = config.executor;
     let failed = |source| ContextError::Sandbox { kind, source };
     let data = &config.data_dir;
+    let images: HashMap<Language, ImageRef> = runtimes
+        .iter()
+        .map(|rt| {
+            let image = ImageRef {
+                rootfs: rt.rootfs.clone(),
+                hash: rt.hash.clone(),
+            };
+            (rt.language, image)
+        })
+        .collect();
     match kind {
         ExecutorType::Native => {
             let native = NativeConfig {
@@ -161,7 +174,34 @@ async fn build_sandbox(
             sandbox.ping().await.map_err(failed)?;
             Ok(Arc::new(sandbox))
         }
-        ExecutorType::Firecracker => Err(ContextError::Unsupported(kind)),
+        ExecutorType::Microvm | ExecutorType::Firecracker => {
+            let fc = &config.firecracker;
+            let guest = GuestImages::ensure(
+                store,
+                runtimes,
+                fc.kernel.clone(),
+                fc.rootfs.clone(),
+                progress,
+            )
+            .await
+            .map_err(ContextError::Guest)?;
+            let vmm = match &fc.binary {
+                Some(binary) => Vmm::Firecracker(FirecrackerConfig {
+                    binary: binary.clone(),
+                }),
+                None => Vmm::Qemu(QemuConfig::default()),
+            };
+            let microvm = MicrovmConfig {
+                vmm,
+                run_dir: data.join("run/microvm"),
+                disk_cache: data.join("microvm-disks"),
+                snapshot_dir: data.join("run/microvm-snapshots"),
+                ..MicrovmConfig::default()
+            };
+            Ok(Arc::new(
+                MicrovmSandbox::new(microvm, guest).await.map_err(failed)?,
+            ))
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use blueprint_tangle_extra::extract::{
     BlockHash, BlockNumber, CallId, Caller, JobIndex, ServiceId, Timestamp,
 };
 use faas_blueprint_lib::{
-    FaaSConfig, FaaSContext, DEPLOY_FUNCTION, EXECUTE_FUNCTION, INVOKE_FUNCTION,
+    ExecutorType, FaaSConfig, FaaSContext, DEPLOY_FUNCTION, EXECUTE_FUNCTION, INVOKE_FUNCTION,
 };
 use faas_tester::{bin_dir, images_dir, require, Executor};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
@@ -37,13 +37,16 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start() -> Harness {
+    async fn start(executor: Executor) -> Harness {
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = FaaSConfig::native(
             data.path().to_path_buf(),
             images_dir(),
             bin_dir().join("faas-guest-agent"),
         );
+        if executor == Executor::Microvm {
+            config.executor = ExecutorType::Microvm;
+        }
         config.cgroup_parent = format!(
             "faas-bp-test-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -169,13 +172,20 @@ fn execute_args(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_end_to_end_through_the_blueprint_runner() {
-    if !require(
-        Executor::Native,
-        "jobs_run_end_to_end_through_the_blueprint_runner",
-    ) {
+    jobs_end_to_end(Executor::Native).await
+}
+
+/// The same jobs with every function in a microVM (QEMU; TCG here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_end_to_end_through_the_blueprint_runner_in_microvms() {
+    jobs_end_to_end(Executor::Microvm).await
+}
+
+async fn jobs_end_to_end(executor: Executor) {
+    if !require(executor, "jobs_run_end_to_end_through_the_blueprint_runner") {
         return;
     }
-    let mut h = Harness::start().await;
+    let mut h = Harness::start(executor).await;
 
     // Job 0: stdin upper-cased by python3 in the sandbox, env var passed through.
     let upper = [

@@ -306,30 +306,15 @@ async fn build_microvm(
 ) -> Result<Arc<dyn Sandbox>> {
     let progress = |line: &str| eprintln!("[images] {line}");
     let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
-    let (kernel, initramfs) = match env_path("FAAS_FC_KERNEL_PATH") {
-        Some(k) => (k, None),
-        None => {
-            let k = store
-                .ensure_guest_kernel(false, &progress)
-                .await
-                .context("cannot build the microVM guest kernel")?;
-            (k.vmlinux, Some(k.initramfs))
-        }
-    };
-    let mut disks = HashMap::new();
-    for rt in runtimes {
-        let disk = match env_path("FAAS_FC_ROOTFS_PATH") {
-            Some(p) => p,
-            None => {
-                store
-                    .ensure_guest_disk(rt, false, &progress)
-                    .await
-                    .with_context(|| format!("cannot build the {} microVM disk", rt.language))?
-                    .path
-            }
-        };
-        disks.insert(rt.language, disk);
-    }
+    let images = GuestImages::ensure(
+        store,
+        runtimes,
+        env_path("FAAS_FC_KERNEL_PATH"),
+        env_path("FAAS_FC_ROOTFS_PATH"),
+        &progress,
+    )
+    .await
+    .context("cannot build the microVM guest")?;
     let vmm = match env_path("FAAS_FC_BINARY_PATH") {
         Some(binary) => Vmm::Firecracker(FirecrackerConfig { binary }),
         None => Vmm::Qemu(QemuConfig {
@@ -344,16 +329,9 @@ async fn build_microvm(
         snapshot_dir: data_dir.join("run/microvm-snapshots"),
         ..MicrovmConfig::default()
     };
-    let sandbox = MicrovmSandbox::new(
-        config,
-        GuestImages {
-            kernel,
-            initramfs,
-            disks,
-        },
-    )
-    .await
-    .context("cannot start the microvm sandbox")?;
+    let sandbox = MicrovmSandbox::new(config, images)
+        .await
+        .context("cannot start the microvm sandbox")?;
     Ok(Arc::new(sandbox))
 }
 

@@ -75,6 +75,41 @@ pub struct GuestImages {
     pub disks: HashMap<Language, PathBuf>,
 }
 
+impl GuestImages {
+    /// The guest for `runtimes`: `kernel` and `rootfs` where given (Firecracker's
+    /// `FAAS_FC_KERNEL_PATH` / `FAAS_FC_ROOTFS_PATH`: one root disk for every
+    /// runtime), else the kernel, initramfs and per-runtime disks `store`
+    /// builds or has cached.
+    pub async fn ensure(
+        store: &faas_images::ImageStore,
+        runtimes: &[faas_images::RuntimeImage],
+        kernel: Option<PathBuf>,
+        rootfs: Option<PathBuf>,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<GuestImages, faas_images::microvm::MicrovmImageError> {
+        let (kernel, initramfs) = match kernel {
+            Some(k) => (k, None),
+            None => {
+                let k = store.ensure_guest_kernel(false, progress).await?;
+                (k.vmlinux, Some(k.initramfs))
+            }
+        };
+        let mut disks = HashMap::new();
+        for rt in runtimes {
+            let disk = match &rootfs {
+                Some(p) => p.clone(),
+                None => store.ensure_guest_disk(rt, false, progress).await?.path,
+            };
+            disks.insert(rt.language, disk);
+        }
+        Ok(GuestImages {
+            kernel,
+            initramfs,
+            disks,
+        })
+    }
+}
+
 /// Settings of the microVM sandbox.
 #[derive(Debug, Clone)]
 pub struct MicrovmConfig {
