@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub agent_path: Option<PathBuf>,
     /// Seconds an idle instance stays warm.
     pub idle_timeout_sec: Option<u64>,
+    /// Seconds between heartbeats of an idle instance.
+    pub heartbeat_sec: Option<u64>,
     /// Largest invocation payload.
     pub max_payload_bytes: Option<usize>,
     /// Most live instances.

@@ -185,6 +185,20 @@ impl<B: Backend> Instance for AgentInstance<B> {
         self.settle(timeout, reply).await
     }
 
+    async fn ping(&mut self, timeout: Duration) -> Result<(), ExecutorError> {
+        match tokio::time::timeout(timeout, self.conn.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.classify(e).await),
+            Err(_) => Err(ExecutorError::Crashed {
+                reason: format!(
+                    "agent did not answer a heartbeat within {timeout:?}; {}",
+                    self.backend.diagnose().await
+                ),
+                logs: String::new(),
+            }),
+        }
+    }
+
     async fn destroy(mut self: Box<Self>) {
         self.backend.destroy().await;
     }

@@ -118,6 +118,10 @@ pub trait Instance: Send + Sync {
         timeout: Duration,
     ) -> Result<InvokeOutput, ExecutorError>;
 
+    /// Liveness check of an idle instance: its agent answers within `timeout`.
+    /// On `Err` (a hung or dead sandbox) the instance must not be reused.
+    async fn ping(&mut self, timeout: Duration) -> Result<(), ExecutorError>;
+
     /// Tear down: processes, cgroups, mounts, temporary files.
     async fn destroy(self: Box<Self>);
 }

@@ -40,6 +40,8 @@ pub struct OrchestratorConfig {
     pub max_payload_bytes: usize,
     /// How long an idle instance stays warm.
     pub idle_timeout: Duration,
+    /// How often an idle instance's agent is pinged (a hung one is replaced).
+    pub heartbeat: Duration,
     /// Most instances alive at once, over all functions.
     pub max_instances: usize,
     /// Memory limit when a deploy gives none, MiB.
@@ -56,6 +58,7 @@ impl Default for OrchestratorConfig {
             data_dir: PathBuf::from("/var/lib/faas"),
             max_payload_bytes: 6 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(15),
             max_instances: 32,
             default_memory_mb: 128,
             default_timeout_sec: 30,
@@ -165,7 +168,12 @@ impl Orchestrator {
             }
         }
         let metrics = Arc::new(Metrics::new(&sandboxes.kinds()));
-        let pool = Pool::new(config.max_instances, config.idle_timeout, metrics.clone());
+        let pool = Pool::new(
+            config.max_instances,
+            config.idle_timeout,
+            config.heartbeat,
+            metrics.clone(),
+        );
         let deps = deps::DepsInstaller::new(config.data_dir.join("deps"));
         Ok(Orchestrator {
             config,

@@ -24,8 +24,13 @@ pub struct PoolKey {
 struct Idle {
     instance: Box<dyn Instance>,
     since: Instant,
+    /// When it last proved alive (released, or answered a heartbeat).
+    checked: Instant,
     permit: OwnedSemaphorePermit,
 }
+
+/// How long the agent of an idle instance may take to answer a heartbeat.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct State {
@@ -71,18 +76,27 @@ pub struct Pool {
     slots: Arc<Semaphore>,
     max_instances: usize,
     idle_timeout: Duration,
+    heartbeat: Duration,
     metrics: Arc<Metrics>,
     teardown: TaskTracker,
 }
 
 impl Pool {
-    /// A pool of at most `max_instances` live instances.
-    pub fn new(max_instances: usize, idle_timeout: Duration, metrics: Arc<Metrics>) -> Arc<Pool> {
+    /// A pool of at most `max_instances` live instances; an idle instance is
+    /// pinged every `heartbeat` and replaced when it does not answer (a hung
+    /// guest is found before a caller waits on it).
+    pub fn new(
+        max_instances: usize,
+        idle_timeout: Duration,
+        heartbeat: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             state: Mutex::new(State::default()),
             slots: Arc::new(Semaphore::new(max_instances)),
             max_instances,
             idle_timeout,
+            heartbeat,
             metrics,
             teardown: TaskTracker::new(),
         });
@@ -92,7 +106,10 @@ impl Pool {
             loop {
                 tick.tick().await;
                 match weak.upgrade() {
-                    Some(pool) => pool.expire_idle(),
+                    Some(pool) => {
+                        pool.expire_idle();
+                        pool.heartbeat();
+                    }
                     None => return,
                 }
             }
@@ -141,20 +158,82 @@ impl Pool {
                 st.busy.remove(&lease.key);
             }
         }
+        let now = Instant::now();
+        let idle = Idle {
+            instance: lease.instance,
+            since: now,
+            checked: now,
+            permit: lease.permit,
+        };
+        self.keep_or_destroy(st, lease.key, idle, healthy);
+    }
+
+    /// Keep `idle` warm when it is healthy, of a wanted version and the pool is
+    /// open; destroy it otherwise.
+    fn keep_or_destroy(
+        &self,
+        mut st: std::sync::MutexGuard<'_, State>,
+        key: PoolKey,
+        idle: Idle,
+        healthy: bool,
+    ) {
         let wanted = st
             .floor
-            .get(&lease.key.function_id)
-            .is_none_or(|&floor| lease.key.version >= floor);
+            .get(&key.function_id)
+            .is_none_or(|&floor| key.version >= floor);
         if healthy && wanted && !st.closed {
-            st.idle.entry(lease.key).or_default().push(Idle {
-                instance: lease.instance,
-                since: Instant::now(),
-                permit: lease.permit,
-            });
+            st.idle.entry(key).or_default().push(idle);
             self.metrics.warm_instances.inc();
         } else {
             drop(st);
-            self.destroy(lease.instance, lease.permit);
+            self.destroy(idle.instance, idle.permit);
+        }
+    }
+
+    /// Ping the idle instances not checked for a heartbeat period, each in a
+    /// task of its own; one that fails is destroyed, the others go back warm.
+    /// While out they count as busy.
+    fn heartbeat(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut st = self.state.lock().expect("pool lock");
+            for (key, list) in st.idle.iter_mut() {
+                let (check, keep): (Vec<Idle>, Vec<Idle>) = list
+                    .drain(..)
+                    .partition(|i| now.duration_since(i.checked) >= self.heartbeat);
+                *list = keep;
+                due.extend(check.into_iter().map(|i| (key.clone(), i)));
+            }
+            st.idle.retain(|_, v| !v.is_empty());
+            for (key, _) in &due {
+                *st.busy.entry(key.clone()).or_default() += 1;
+            }
+        }
+        for (key, mut idle) in due {
+            self.metrics.warm_instances.dec();
+            let pool = self.clone();
+            self.teardown.spawn(async move {
+                let healthy = match idle.instance.ping(HEARTBEAT_TIMEOUT).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            instance = idle.instance.id(),
+                            "idle instance failed its heartbeat, replacing it: {e}"
+                        );
+                        false
+                    }
+                };
+                idle.checked = Instant::now();
+                let mut st = pool.state.lock().expect("pool lock");
+                if let Some(n) = st.busy.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.busy.remove(&key);
+                    }
+                }
+                pool.keep_or_destroy(st, key, idle, healthy);
+            });
         }
     }
 

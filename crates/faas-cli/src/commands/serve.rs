@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Seconds an idle instance stays warm [default: 300].
     #[arg(long, env = "FAAS_IDLE_TIMEOUT_SEC")]
     idle_timeout_sec: Option<u64>,
+    /// Seconds between pings of an idle instance; one that does not answer in
+    /// 5 s is replaced [default: 15].
+    #[arg(long, env = "FAAS_HEARTBEAT_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_sec: Option<u64>,
     /// Largest invocation payload in bytes [default: 6291456].
     #[arg(long, env = "FAAS_MAX_PAYLOAD_BYTES")]
     max_payload_bytes: Option<usize>,
@@ -147,6 +151,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         sandboxes = sandboxes.allow(other);
     }
 
+    if file.heartbeat_sec == Some(0) {
+        bail!("heartbeat_sec must be at least 1");
+    }
     let config = OrchestratorConfig {
         data_dir: data_dir.clone(),
         max_payload_bytes: args
@@ -157,6 +164,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             .idle_timeout_sec
             .or(file.idle_timeout_sec)
             .map_or(defaults.idle_timeout, Duration::from_secs),
+        heartbeat: args
+            .heartbeat_sec
+            .or(file.heartbeat_sec)
+            .map_or(defaults.heartbeat, Duration::from_secs),
         max_instances: args
             .max_instances
             .or(file.max_instances)
