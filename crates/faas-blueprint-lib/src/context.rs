@@ -13,7 +13,7 @@ use faas_executor::microvm::{
 use faas_executor::native::{NativeConfig, NativeSandbox};
 use faas_executor::{ExecutorError, ImageRef, Sandbox};
 use faas_images::microvm::MicrovmImageError;
-use faas_images::{ImageError, ImageStore, RuntimeImage};
+use faas_images::{ImageError, ImageStore, InUse, RuntimeImage};
 use faas_orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorError, Sandboxes};
 
 use crate::config::{ExecutorType, FaaSConfig};
@@ -63,6 +63,8 @@ pub struct FaaSContext {
     orchestrator: Arc<Orchestrator>,
     config: Arc<FaaSConfig>,
     env: BlueprintEnvironment,
+    /// Images and disks this node runs on, held so that a prune spares them.
+    _in_use: Arc<Vec<InUse>>,
 }
 
 impl FaaSContext {
@@ -76,6 +78,7 @@ impl FaaSContext {
             orchestrator,
             config: Arc::new(config),
             env,
+            _in_use: Arc::new(Vec::new()),
         }
     }
 
@@ -92,14 +95,21 @@ impl FaaSContext {
         }
         let store = ImageStore::new(&config.images_dir);
         let mut runtimes = Vec::new();
+        let mut in_use = Vec::new();
         for language in Language::IMAGES {
             let image = store
                 .ensure(language, &config.agent_path, false, progress)
                 .await
                 .map_err(|source| ContextError::Image { language, source })?;
+            in_use.push(
+                image
+                    .hold()
+                    .map_err(|source| ContextError::Image { language, source })?,
+            );
             runtimes.push(image);
         }
-        let sandbox = build_sandbox(&config, &store, &runtimes, progress).await?;
+        let (sandbox, disks) = build_sandbox(&config, &store, &runtimes, progress).await?;
+        in_use.extend(disks);
         let orchestrator = Orchestrator::new(
             OrchestratorConfig {
                 data_dir: config.data_dir.clone(),
@@ -112,7 +122,12 @@ impl FaaSContext {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
-        Ok(FaaSContext::new(Arc::new(orchestrator), config, env))
+        Ok(FaaSContext {
+            orchestrator: Arc::new(orchestrator),
+            config: Arc::new(config),
+            env,
+            _in_use: Arc::new(in_use),
+        })
     }
 
     /// The orchestrator: functions, invocations, job bindings.
@@ -136,7 +151,7 @@ async fn build_sandbox(
     store: &ImageStore,
     runtimes: &[RuntimeImage],
     progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<Arc<dyn Sandbox>, ContextError> {
+) -> Result<(Arc<dyn Sandbox>, Vec<InUse>), ContextError> {
     let kind = config.executor;
     let failed = |source| ContextError::Sandbox { kind, source };
     let data = &config.data_dir;
@@ -159,9 +174,8 @@ async fn build_sandbox(
                 cgroup_parent: config.cgroup_parent.clone(),
                 ..NativeConfig::default()
             };
-            Ok(Arc::new(
-                NativeSandbox::new(native, images).await.map_err(failed)?,
-            ))
+            let sandbox = NativeSandbox::new(native, images).await.map_err(failed)?;
+            Ok((Arc::new(sandbox), Vec::new()))
         }
         ExecutorType::Docker => {
             let docker = DockerConfig {
@@ -172,7 +186,7 @@ async fn build_sandbox(
             };
             let sandbox = DockerSandbox::new(docker, images).await.map_err(failed)?;
             sandbox.ping().await.map_err(failed)?;
-            Ok(Arc::new(sandbox))
+            Ok((Arc::new(sandbox), Vec::new()))
         }
         ExecutorType::Microvm | ExecutorType::Firecracker => {
             let fc = &config.firecracker;
@@ -185,6 +199,13 @@ async fn build_sandbox(
             )
             .await
             .map_err(ContextError::Guest)?;
+            let disks = guest
+                .disks
+                .iter()
+                .map(|(&language, disk)| {
+                    InUse::file(disk).map_err(|source| ContextError::Image { language, source })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let vmm = match &fc.binary {
                 Some(binary) => Vmm::Firecracker(FirecrackerConfig {
                     binary: binary.clone(),
@@ -198,9 +219,8 @@ async fn build_sandbox(
                 snapshot_dir: data.join("run/microvm-snapshots"),
                 ..MicrovmConfig::default()
             };
-            Ok(Arc::new(
-                MicrovmSandbox::new(microvm, guest).await.map_err(failed)?,
-            ))
+            let sandbox = MicrovmSandbox::new(microvm, guest).await.map_err(failed)?;
+            Ok((Arc::new(sandbox), disks))
         }
     }
 }

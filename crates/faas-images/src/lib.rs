@@ -15,6 +15,11 @@
 //!
 //! A final directory only ever appears complete: it is assembled in a temporary
 //! directory next to it and renamed into place.
+//!
+//! Images of older recipes or agent binaries stay until [`ImageStore::prune`]
+//! removes them; a process using an image (or a microVM disk) holds an [`InUse`]
+//! guard, a shared `flock` on its `image.json` (or disk file), and prune skips
+//! whatever is held.
 
 mod builder;
 mod error;
@@ -49,6 +54,37 @@ pub struct RuntimeImage {
     pub hash: String,
     /// Debian packages installed on top of the essential set.
     pub packages: Vec<String>,
+}
+
+/// A shared lock on a built artefact (a runtime image's `image.json`, a microVM
+/// disk) for as long as it lives: [`ImageStore::prune`] leaves it alone.
+#[derive(Debug)]
+pub struct InUse {
+    /// Held for its lock, released when dropped.
+    _lock: File,
+}
+
+impl InUse {
+    /// Hold `path` (an `image.json` or a disk file).
+    pub fn file(path: &Path) -> Result<InUse, ImageError> {
+        let file = File::open(path)
+            .map_err(|e| ImageError::io(format!("opening {}", path.display()), e))?;
+        file.lock_shared()
+            .map_err(|e| ImageError::io(format!("locking {}", path.display()), e))?;
+        Ok(InUse { _lock: file })
+    }
+}
+
+impl RuntimeImage {
+    /// Hold this image for as long as the guard lives (see [`ImageStore::prune`]).
+    pub fn hold(&self) -> Result<InUse, ImageError> {
+        let manifest = self
+            .rootfs
+            .parent()
+            .unwrap_or(&self.rootfs)
+            .join("image.json");
+        InUse::file(&manifest)
+    }
 }
 
 /// The cache of runtime images in one directory (in CI: `/var/cache/faas/images`).
@@ -120,6 +156,70 @@ impl ImageStore {
     /// The images directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Remove the runtime images (`<lang>-<hash>/`, replaced ones too) and
+    /// microVM root disks (`microvm/<lang>-<hash>.ext4`) that are not in `keep`
+    /// (image directories or disk files) and that no process holds ([`InUse`]).
+    /// Base tarballs and guest kernels stay (one per recipe). Returns what was
+    /// removed.
+    pub fn prune(&self, keep: &[PathBuf]) -> Result<Vec<PathBuf>, ImageError> {
+        let mut candidates = Vec::new();
+        let is_ours = |name: &str| {
+            name.starts_with(".replaced-")
+                || Language::IMAGES
+                    .iter()
+                    .any(|l| name.starts_with(&format!("{l}-")))
+        };
+        for (dir, want_dir) in [(self.dir.clone(), true), (self.microvm_dir(), false)] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_dir = path.is_dir();
+                let fits = if want_dir {
+                    is_dir && is_ours(&name)
+                } else {
+                    !is_dir && name.ends_with(".ext4") && is_ours(&name)
+                };
+                if fits && !keep.contains(&path) {
+                    candidates.push(path);
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for path in candidates {
+            // A directory is locked through its manifest; one without a
+            // manifest is not a finished image: leave it.
+            let lock_path = if path.is_dir() {
+                path.join("image.json")
+            } else {
+                path.clone()
+            };
+            let Ok(lock) = File::open(&lock_path) else {
+                continue;
+            };
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => continue,
+                Err(TryLockError::Error(e)) => {
+                    return Err(ImageError::io(
+                        format!("locking {}", lock_path.display()),
+                        e,
+                    ))
+                }
+            }
+            let result = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            result.map_err(|e| ImageError::io(format!("removing {}", path.display()), e))?;
+            removed.push(path);
+        }
+        Ok(removed)
     }
 
     /// The image for `lang` built from this agent binary, if it is already built
@@ -393,4 +493,54 @@ async fn read_agent(agent: &Path) -> Result<(Vec<u8>, String), ImageError> {
         Ok((bytes, sha))
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.join("rootfs")).unwrap();
+        std::fs::write(path.join("image.json"), "{}").unwrap();
+        path
+    }
+
+    #[test]
+    fn prune_removes_what_is_neither_kept_nor_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path());
+        let current = image(dir.path(), "python-aaaa");
+        let stale = image(dir.path(), "python-bbbb");
+        let held = image(dir.path(), "node-cccc");
+        let replaced = image(dir.path(), ".replaced-shell-dddd-1");
+        let unfinished = dir.path().join("shell-eeee");
+        std::fs::create_dir_all(&unfinished).unwrap();
+        let base = dir.path().join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        let vm = dir.path().join("microvm");
+        std::fs::create_dir_all(vm.join("kernel-ffff")).unwrap();
+        let old_disk = vm.join("python-1111.ext4");
+        let held_disk = vm.join("node-2222.ext4");
+        std::fs::write(&old_disk, "").unwrap();
+        std::fs::write(&held_disk, "").unwrap();
+
+        let _image_guard = InUse::file(&held.join("image.json")).unwrap();
+        let _disk_guard = InUse::file(&held_disk).unwrap();
+        let mut removed = store.prune(std::slice::from_ref(&current)).unwrap();
+        removed.sort();
+        let mut expected = vec![stale, replaced, old_disk];
+        expected.sort();
+        assert_eq!(removed, expected);
+        for kept in [
+            &current,
+            &held,
+            &unfinished,
+            &base,
+            &vm.join("kernel-ffff"),
+            &held_disk,
+        ] {
+            assert!(kept.exists(), "{} must stay", kept.display());
+        }
+    }
 }

@@ -186,7 +186,7 @@ fn init_script() -> String {
 }
 
 impl ImageStore {
-    fn microvm_dir(&self) -> PathBuf {
+    pub(crate) fn microvm_dir(&self) -> PathBuf {
         self.dir().join("microvm")
     }
 

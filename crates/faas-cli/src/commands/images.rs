@@ -1,9 +1,9 @@
 //! `faas images build`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use faas_common::Language;
 use faas_images::ImageStore;
@@ -32,6 +32,10 @@ pub struct BuildArgs {
     /// Also build the microVM guest: kernel, initramfs and a root disk per language.
     #[arg(long)]
     microvm: bool,
+    /// Then remove the images and disks of other recipes or agent binaries
+    /// that no running server holds (needs every language).
+    #[arg(long)]
+    prune: bool,
 }
 
 /// Run an image command.
@@ -48,7 +52,11 @@ pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
     let dir = args
         .images_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/faas/images"));
+    if args.prune && languages.len() != Language::IMAGES.len() {
+        bail!("--prune needs every language built (give none, or all)");
+    }
     let agent = crate::config::agent_path(args.agent_path)?;
+    let mut keep = Vec::new();
     let store = ImageStore::new(&dir);
     for lang in languages {
         let progress = |line: &str| eprintln!("[images] {line}");
@@ -57,12 +65,17 @@ pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot build the {lang} image"))?;
         println!("{lang}\t{}\t{}", image.hash, image.rootfs.display());
+        keep.extend(image.rootfs.parent().map(Path::to_path_buf));
         if args.microvm {
             let disk = store
                 .ensure_guest_disk(&image, args.force, &progress)
                 .await
                 .with_context(|| format!("cannot build the {lang} microVM disk"))?;
             println!("{lang}-disk\t{}\t{}", disk.hash, disk.path.display());
+            keep.push(disk.path);
+        } else if let Some(disk) = store.find_guest_disk(&image) {
+            // Not asked for, but current: a prune keeps it.
+            keep.push(disk.path);
         }
     }
     if args.microvm {
@@ -73,6 +86,12 @@ pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
             .context("cannot build the microVM guest kernel")?;
         println!("kernel\t{}", kernel.vmlinux.display());
         println!("initramfs\t{}", kernel.initramfs.display());
+    }
+    if args.prune {
+        let removed = store.prune(&keep).context("cannot prune the image cache")?;
+        for path in &removed {
+            eprintln!("[images] pruned {}", path.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ use faas_executor::microvm::{
 };
 use faas_executor::native::{NativeConfig, NativeSandbox};
 use faas_executor::{ImageRef, Sandbox};
-use faas_images::{ImageStore, RuntimeImage};
+use faas_images::{ImageStore, InUse, RuntimeImage};
 use faas_orchestrator::attest::{AttestationConfig, NodeAttestation};
 use faas_orchestrator::{Orchestrator, OrchestratorConfig, Sandboxes};
 
@@ -119,12 +119,15 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let store = ImageStore::new(&images_dir);
     let mut images = HashMap::new();
     let mut runtimes = Vec::new();
+    // Held until the server exits, so `faas images build --prune` spares them.
+    let mut in_use = Vec::new();
     for lang in Language::IMAGES {
         let progress = |line: &str| eprintln!("[images] {line}");
         let image = store
             .ensure(lang, &agent, false, &progress)
             .await
             .with_context(|| format!("cannot build the {lang} runtime image"))?;
+        in_use.push(image.hold()?);
         images.insert(
             lang,
             ImageRef {
@@ -139,7 +142,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     for (i, kind) in kinds.iter().enumerate() {
         let is_default = i == 0;
         let sandbox = if kind == "microvm" {
-            build_microvm(&store, &runtimes, &data_dir, args.microvm_snapshots).await?
+            let (sandbox, disks) =
+                build_microvm(&store, &runtimes, &data_dir, args.microvm_snapshots).await?;
+            in_use.extend(disks);
+            sandbox
         } else {
             build_sandbox(kind, is_default, &args, &file, &data_dir, &images).await?
         };
@@ -314,7 +320,7 @@ async fn build_microvm(
     runtimes: &[RuntimeImage],
     data_dir: &Path,
     snapshots: Option<bool>,
-) -> Result<Arc<dyn Sandbox>> {
+) -> Result<(Arc<dyn Sandbox>, Vec<InUse>)> {
     let progress = |line: &str| eprintln!("[images] {line}");
     let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
     let images = GuestImages::ensure(
@@ -326,6 +332,11 @@ async fn build_microvm(
     )
     .await
     .context("cannot build the microVM guest")?;
+    let disks = images
+        .disks
+        .values()
+        .map(|disk| InUse::file(disk))
+        .collect::<Result<Vec<_>, _>>()?;
     let vmm = match env_path("FAAS_FC_BINARY_PATH") {
         Some(binary) => Vmm::Firecracker(FirecrackerConfig { binary }),
         None => Vmm::Qemu(QemuConfig {
@@ -343,7 +354,7 @@ async fn build_microvm(
     let sandbox = MicrovmSandbox::new(config, images)
         .await
         .context("cannot start the microvm sandbox")?;
-    Ok(Arc::new(sandbox))
+    Ok((Arc::new(sandbox), disks))
 }
 
 fn native_config(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> NativeConfig {
