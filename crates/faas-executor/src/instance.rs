@@ -112,9 +112,12 @@ impl<B: Backend> AgentInstance<B> {
         if self.backend.limit_hit().await {
             return true;
         }
-        for _ in 0..10 {
+        // Up to 5 s: the kernel counts the kill only after printing its OOM
+        // report, which a slow console on a loaded host can make take seconds.
+        // Only a SIGKILL that was not an OOM kill (rare) pays the full wait.
+        for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if self.backend.oom_struck().await {
+            if self.backend.oom_struck().await || self.backend.limit_hit().await {
                 return true;
             }
         }
