@@ -220,6 +220,8 @@ impl MicrovmSandbox {
     /// needs is missing or the directories cannot be made.
     pub async fn new(config: MicrovmConfig, images: GuestImages) -> Result<Self, ExecutorError> {
         let binaries: Vec<(&Path, &str)> = match &config.vmm {
+            // With snapshots the agent channel is virtio-serial: no vsock helper.
+            Vmm::Qemu(q) if q.snapshots => vec![(&q.binary, "apt-get install qemu-system-x86")],
             Vmm::Qemu(q) => vec![
                 (&q.binary, "apt-get install qemu-system-x86"),
                 (&q.vhost_vsock, "cargo install vhost-device-vsock"),
