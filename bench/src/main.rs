@@ -165,7 +165,8 @@ async fn restores(
     if first.status != 200 {
         bail!("first invoke of {name} failed: {}", first.text());
     }
-    let (sum0, count0) = start_stats(s, &name).await;
+    let exact = format!("{name}\"");
+    let (sum0, count0) = start_stats(s, &exact).await;
     let mut rtt = Vec::with_capacity(n);
     for _ in 0..n {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -187,7 +188,7 @@ async fn restores(
         }
         rtt.push(ms);
     }
-    let (sum, count) = start_stats(s, &name).await;
+    let (sum, count) = start_stats(s, &exact).await;
     s.delete(&format!("/functions/{name}")).await;
     let start = if count > count0 {
         (sum - sum0) / (count - count0) * 1000.0
@@ -197,13 +198,14 @@ async fn restores(
     Ok((rtt, start))
 }
 
-/// Sum (s) and count of `cold_start_duration_seconds` for function `name`.
-async fn start_stats(s: &TestServer, name: &str) -> (f64, f64) {
+/// Sum (s) and count of `cold_start_duration_seconds` over the functions whose
+/// name starts with `prefix` (end it with `"` for one function exactly).
+async fn start_stats(s: &TestServer, prefix: &str) -> (f64, f64) {
     let text = match reqwest::get(format!("{}/metrics", s.url)).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => return (0.0, 0.0),
     };
-    let selector = format!("{{function=\"{name}\"}}");
+    let selector = format!("{{function=\"{prefix}");
     let (mut sum, mut count) = (0.0, 0.0);
     for line in text.lines().filter(|l| l.contains(&selector)) {
         let Some((metric, value)) = line.rsplit_once(' ') else {
@@ -211,34 +213,18 @@ async fn start_stats(s: &TestServer, name: &str) -> (f64, f64) {
         };
         let value: f64 = value.parse().unwrap_or(0.0);
         if metric.contains("cold_start_duration_seconds_sum") {
-            sum = value;
+            sum += value;
         } else if metric.contains("cold_start_duration_seconds_count") {
-            count = value;
+            count += value;
         }
     }
     (sum, count)
 }
 
 /// Mean instance start (sandbox start and handler load, without the call) of the
-/// functions named `prefix*`, from the server's `cold_start_duration_seconds`.
+/// functions named `prefix*`, ms.
 async fn mean_start_ms(s: &TestServer, prefix: &str) -> f64 {
-    let Ok(r) = reqwest::get(format!("{}/metrics", s.url)).await else {
-        return f64::NAN;
-    };
-    let text = r.text().await.unwrap_or_default();
-    let (mut sum, mut count) = (0.0, 0.0);
-    let selector = format!("{{function=\"{prefix}");
-    for line in text.lines().filter(|l| l.contains(&selector)) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().unwrap_or(0.0);
-        if name.contains("cold_start_duration_seconds_sum") {
-            sum += value;
-        } else if name.contains("cold_start_duration_seconds_count") {
-            count += value;
-        }
-    }
+    let (sum, count) = start_stats(s, prefix).await;
     if count == 0.0 {
         f64::NAN
     } else {
@@ -360,18 +346,9 @@ async fn instance_memory(s: &TestServer) -> f64 {
 /// Mean resident memory of each live VMM (QEMU or Firecracker) of this server, MB:
 /// what a warm microVM costs the host, guest kernel and page cache included.
 fn vmm_memory(s: &TestServer) -> f64 {
-    let data = s.data_dir().to_string_lossy().into_owned();
     let mut sizes = Vec::new();
-    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let argv0 = cmdline.split('\0').next().unwrap_or_default();
-        let program = argv0.rsplit('/').next().unwrap_or_default();
-        let vmm = program.starts_with("qemu-system") || program == "firecracker";
-        if !vmm || !cmdline.contains(&data) {
-            continue;
-        }
-        let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+    for pid in faas_tester::vmm_pids(s.data_dir()) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let kb = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))

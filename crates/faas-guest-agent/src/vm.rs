@@ -273,23 +273,39 @@ pub fn restrict_child(cmd: &mut std::process::Command) {
             {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some((ptr, len)) = filter {
-                let prog = libc::sock_fprog {
-                    len,
-                    filter: ptr as *mut libc::sock_filter,
-                };
-                if libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &prog as *const libc::sock_fprog,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+            match filter {
+                Some((ptr, len)) => install_filter(ptr as *const libc::sock_filter, len),
+                None => Ok(()),
             }
-            Ok(())
         });
+    }
+}
+
+/// Install the BPF program of `len` instructions at `filter` on the calling
+/// thread (no-new-privileges must be set). Async-signal-safe: one syscall, no
+/// allocation, so it may run between fork and exec.
+///
+/// # Safety
+///
+/// `filter` must point to `len` valid instructions.
+unsafe fn install_filter(filter: *const libc::sock_filter, len: u16) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points to a valid program for the call's duration.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -495,21 +511,10 @@ mod tests {
         // SAFETY: prctl and seccomp only, on a program that outlives the child.
         unsafe {
             cmd.pre_exec(move || {
-                let prog = libc::sock_fprog {
-                    len: filter.len() as u16,
-                    filter: filter.as_ptr() as *mut libc::sock_filter,
-                };
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                    || libc::syscall(
-                        libc::SYS_seccomp,
-                        libc::SECCOMP_SET_MODE_FILTER,
-                        0,
-                        &prog as *const libc::sock_fprog,
-                    ) != 0
-                {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                install_filter(filter.as_ptr().cast(), filter.len() as u16)
             });
         }
         cmd.output().unwrap()

@@ -112,6 +112,25 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Pids of the VMM processes (QEMU or Firecracker) whose command line names
+/// `data_dir`: the microVMs of the server on that data directory.
+pub fn vmm_pids(data_dir: &Path) -> Vec<i32> {
+    let data = data_dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            let program = cmdline.split('\0').next()?.rsplit('/').next()?.to_string();
+            let vmm = program.starts_with("qemu-system") || program == "firecracker";
+            (vmm && cmdline.contains(&data)).then_some(pid)
+        })
+        .collect()
+}
+
 /// Where the built binaries are: `FAAS_BIN_DIR`, else the directory above the
 /// test executable (`target/<profile>/deps/..`).
 pub fn bin_dir() -> PathBuf {

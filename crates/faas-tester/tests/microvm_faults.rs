@@ -4,10 +4,9 @@
 //! replaced before anyone calls it. Runs on QEMU (TCG here) and, when
 //! `FAAS_FC_BINARY_PATH` names one, on Firecracker.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use faas_tester::{require, Executor, TestServer};
+use faas_tester::{require, vmm_pids, Executor, TestServer};
 use serde_json::json;
 
 const SLOW: &str =
@@ -31,23 +30,6 @@ async fn qemu_hung_while_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firecracker_hung_while_idle() {
     hung_guest_is_replaced(Executor::Firecracker).await
-}
-
-/// Pids of the VMM processes (QEMU or Firecracker) of the server's VMs.
-fn vmm_pids(data_dir: &Path) -> Vec<i32> {
-    let data = data_dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-            let program = cmdline.split('\0').next()?.rsplit('/').next()?.to_string();
-            let vmm = program.starts_with("qemu-system") || program == "firecracker";
-            (vmm && cmdline.contains(&data)).then_some(pid)
-        })
-        .collect()
 }
 
 async fn killed_vmm_mid_invocation(executor: Executor) {
