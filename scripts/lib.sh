@@ -19,7 +19,7 @@ install_packages() {
     local want=(runc mmdebstrap ca-certificates curl docker.io)
     # The Blueprint crates (blueprint-runner's bridge and auth) run tonic-build
     # and build protobuf and RocksDB from source.
-    want+=(protobuf-compiler cmake g++ libclang-dev)
+    want+=(protobuf-compiler libprotobuf-dev cmake g++ libclang-dev)
     command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || want+=(python3 python3-pip)
     command -v npm >/dev/null || want+=(npm)
     command -v cc >/dev/null || want+=(build-essential)

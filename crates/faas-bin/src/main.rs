@@ -8,7 +8,6 @@
 
 mod gateway;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +24,8 @@ use blueprint_runner::tangle::config::{TangleConfig, TangleProtocolSettings};
 use blueprint_runner::BlueprintRunner;
 use blueprint_tangle_extra::{TangleConsumer, TangleProducer};
 use clap::{Args, Parser};
-use faas_blueprint_lib::{ExecutorType, FaaSConfig, FaaSContext, FirecrackerPaths};
+use faas_blueprint_lib::FaaSContext;
+use faas_platform::{Flags, PlatformConfig};
 
 use crate::gateway::GatewayService;
 
@@ -71,47 +71,19 @@ struct TangleArgs {
     status_registry_contract: Address,
 }
 
-/// The platform: gateway, sandboxes, state.
+/// The platform: gateway, sandboxes, state. Every setting of `faas serve`
+/// works here too ([`Flags`]).
 #[derive(Args)]
 #[command(next_help_heading = "FaaS platform")]
 struct FaasArgs {
-    /// Address the HTTP gateway listens on.
-    #[arg(long, env = "FAAS_ADDR", default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
     /// URL announced on chain when registering as an operator [default: http://ADDR].
     #[arg(long, env = "FAAS_PUBLIC_URL")]
     public_url: Option<String>,
     /// Platform state: database, code, dependency layers [default: DATA_DIR/faas].
     #[arg(long, env = "FAAS_DATA_DIR")]
     faas_data_dir: Option<PathBuf>,
-    /// Sandbox kind functions run in: native, docker, microvm (QEMU, or Firecracker with
-    /// FAAS_FC_BINARY_PATH), firecracker (needs FAAS_FC_BINARY_PATH).
-    #[arg(long, env = "FAAS_EXECUTOR_TYPE", default_value = "native")]
-    executor: ExecutorType,
-    /// Runtime image cache [default: FAAS_DATA_DIR/images].
-    #[arg(long, env = "FAAS_IMAGES_DIR")]
-    images_dir: Option<PathBuf>,
-    /// Guest agent binary put into the images [default: faas-guest-agent beside this binary].
-    #[arg(long, env = "FAAS_AGENT_PATH")]
-    agent_path: Option<PathBuf>,
-    /// Parent cgroup of native sandbox instances.
-    #[arg(long, env = "FAAS_CGROUP_PARENT", default_value = "faas")]
-    cgroup_parent: String,
-    /// runc binary (native sandbox).
-    #[arg(long, env = "FAAS_RUNC", default_value = "runc")]
-    runc: PathBuf,
-    /// Docker daemon socket, unix:///path (docker sandbox) [default: DOCKER_HOST, else /var/run/docker.sock].
-    #[arg(long, env = "FAAS_DOCKER_HOST")]
-    docker_host: Option<String>,
-    /// Firecracker binary (microVM sandbox).
-    #[arg(long, env = "FAAS_FC_BINARY_PATH")]
-    fc_binary_path: Option<PathBuf>,
-    /// Firecracker guest kernel.
-    #[arg(long, env = "FAAS_FC_KERNEL_PATH")]
-    fc_kernel_path: Option<PathBuf>,
-    /// Firecracker guest root filesystem.
-    #[arg(long, env = "FAAS_FC_ROOTFS_PATH")]
-    fc_rootfs_path: Option<PathBuf>,
+    #[command(flatten)]
+    flags: Flags,
 }
 
 #[tokio::main]
@@ -167,16 +139,29 @@ async fn run(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the operator key in {}", env.keystore_uri))?;
 
-    let config = faas_config(&faas, &env)?;
+    let data_dir = faas
+        .faas_data_dir
+        .clone()
+        .unwrap_or_else(|| env.data_dir.join("faas"));
+    let config = PlatformConfig::resolve(&faas.flags, Some(data_dir))?;
     let progress = |line: &str| tracing::info!("[images] {line}");
-    let ctx = FaaSContext::start(config, env.clone(), &progress)
+    let platform = faas_platform::build(config, &progress)
         .await
         .context("cannot start the platform")?;
+    let addr = platform.config.addr;
+    let kinds: Vec<&str> = platform
+        .config
+        .sandboxes
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    let kinds = kinds.join(", ");
+    let ctx = FaaSContext::new(platform, env.clone());
     let orchestrator = ctx.orchestrator().clone();
 
-    let listener = tokio::net::TcpListener::bind(faas.addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {}", faas.addr))?;
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("listener address")?;
     let gateway = GatewayService::new(listener, faas_gateway::router(orchestrator.clone()));
     let public_url = faas
@@ -184,10 +169,9 @@ async fn run(cli: Cli) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
     tracing::info!(
-        "gateway on http://{local}; serving service {} of blueprint {} ({} sandbox)",
+        "gateway on http://{local}; serving service {} of blueprint {} ({kinds} sandbox)",
         tangle.service_id,
         tangle.blueprint_id,
-        faas.executor
     );
 
     let registration =
@@ -242,48 +226,6 @@ fn client_config(env: &BlueprintEnvironment, tangle: &TangleArgs) -> TangleClien
     .data_dir(env.data_dir.clone())
     .test_mode(env.test_mode)
     .dry_run(env.dry_run)
-}
-
-fn faas_config(faas: &FaasArgs, env: &BlueprintEnvironment) -> Result<FaaSConfig> {
-    let data_dir = faas
-        .faas_data_dir
-        .clone()
-        .unwrap_or_else(|| env.data_dir.join("faas"));
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let data_dir = data_dir.canonicalize().context("FAAS_DATA_DIR")?;
-    let agent_path = match &faas.agent_path {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("cannot locate the faas-bin binary")?
-            .with_file_name("faas-guest-agent"),
-    };
-    if !agent_path.is_file() {
-        bail!(
-            "guest agent {} not found (build faas-guest-agent or set FAAS_AGENT_PATH)",
-            agent_path.display()
-        );
-    }
-    Ok(FaaSConfig {
-        executor: faas.executor,
-        firecracker: FirecrackerPaths {
-            binary: faas.fc_binary_path.clone(),
-            kernel: faas.fc_kernel_path.clone(),
-            rootfs: faas.fc_rootfs_path.clone(),
-        },
-        images_dir: faas
-            .images_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("images")),
-        data_dir,
-        agent_path,
-        cgroup_parent: faas.cgroup_parent.clone(),
-        runc: faas.runc.clone(),
-        docker_host: faas
-            .docker_host
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok()),
-    })
 }
 
 async fn shutdown_signal() {

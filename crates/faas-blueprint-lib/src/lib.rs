@@ -11,7 +11,6 @@
 //! job error ([`jobs::JobError`]) with the reason and the function's output.
 //! See `docs/blueprint.md`.
 
-mod config;
 mod context;
 pub mod jobs;
 
@@ -19,8 +18,7 @@ use blueprint_core::Job;
 use blueprint_router::Router;
 use blueprint_tangle_extra::TangleLayer;
 
-pub use config::{ExecutorType, FaaSConfig, FirecrackerPaths, UnknownExecutorType};
-pub use context::{ContextError, FaaSContext};
+pub use context::FaaSContext;
 
 /// Job id of [`jobs::execute_function`].
 pub const EXECUTE_FUNCTION: u8 = 0;

@@ -16,9 +16,8 @@ use blueprint_runner::BlueprintRunner;
 use blueprint_tangle_extra::extract::{
     BlockHash, BlockNumber, CallId, Caller, JobIndex, ServiceId, Timestamp,
 };
-use faas_blueprint_lib::{
-    ExecutorType, FaaSConfig, FaaSContext, DEPLOY_FUNCTION, EXECUTE_FUNCTION, INVOKE_FUNCTION,
-};
+use faas_blueprint_lib::{FaaSContext, DEPLOY_FUNCTION, EXECUTE_FUNCTION, INVOKE_FUNCTION};
+use faas_platform::{Flags, PlatformConfig};
 use faas_tester::{bin_dir, images_dir, require, Executor};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::StreamExt;
@@ -39,25 +38,27 @@ struct Harness {
 impl Harness {
     async fn start(executor: Executor) -> Harness {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut config = FaaSConfig::native(
-            data.path().to_path_buf(),
-            images_dir(),
-            bin_dir().join("faas-guest-agent"),
-        );
-        if executor == Executor::Microvm {
-            config.executor = ExecutorType::Microvm;
-        }
-        config.cgroup_parent = format!(
-            "faas-bp-test-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let flags = Flags {
+            executor: Some(executor.as_str().into()),
+            images_dir: Some(images_dir()),
+            agent_path: Some(bin_dir().join("faas-guest-agent")),
+            cgroup_parent: Some(format!(
+                "faas-bp-test-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )),
+            attestation: Some("off".into()),
+            ..Flags::default()
+        };
+        let config = PlatformConfig::resolve(&flags, Some(data.path().to_path_buf()))
+            .expect("valid settings");
         let mut env = BlueprintEnvironment::default();
         env.test_mode = true;
         env.dry_run = true;
         let progress = |line: &str| eprintln!("[images] {line}");
-        let ctx = FaaSContext::start(config, env.clone(), &progress)
+        let platform = faas_platform::build(config, &progress)
             .await
             .expect("platform starts");
+        let ctx = FaaSContext::new(platform, env.clone());
 
         let (calls, producer) = unbounded::<Result<JobCall, BoxError>>();
         let (consumer, results) = unbounded::<JobResult>();
@@ -119,7 +120,7 @@ impl Harness {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.runner).await;
         self.ctx.orchestrator().shutdown().await;
         // The instances are gone; their (now empty) parent cgroup goes too.
-        let parent = &self.ctx.config().cgroup_parent;
+        let parent = &self.ctx.platform().config.native.cgroup_parent;
         for controller in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()

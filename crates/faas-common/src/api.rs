@@ -24,8 +24,6 @@ pub struct FunctionInfo {
     pub memory_mb: u32,
     /// Invocation time limit in seconds.
     pub timeout_sec: u32,
-    /// SHA-256 of the code tree.
-    pub code_sha256: String,
     /// Declared dependencies.
     pub dependencies: Vec<String>,
     /// Environment variables.
@@ -86,11 +84,14 @@ pub struct InvocationRecord {
     pub logs: String,
 }
 
-/// `GET /functions/{fn}/logs`.
+/// `GET /functions/{fn}/logs`: one page of records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvocationList {
     /// Newest first.
     pub invocations: Vec<InvocationRecord>,
+    /// Cursor of the next (older) page, as `?before=`; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Every error response.

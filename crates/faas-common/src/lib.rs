@@ -4,10 +4,15 @@
 //! and must stay small. It holds:
 //! - the API types kept compatible with the original plan ([`FunctionDefinition`],
 //!   [`InvocationResult`], [`ExecuteFunctionArgs`], [`SandboxConfig`]);
+//! - [`contract`]: the names, paths and bounds host and guest agent share;
+//! - [`deps`]: the dependency specifiers a function may declare;
+//! - [`sandbox`]: the seccomp policy and limits every sandbox kind enforces;
 //! - [`protocol`]: the length-prefixed, versioned frames spoken between the host
 //!   and the guest agent over a Unix socket (native, Docker) or vsock (microVM).
 
 pub mod api;
+pub mod contract;
+pub mod deps;
 pub mod protocol;
 pub mod sandbox;
 mod types;

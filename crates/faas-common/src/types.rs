@@ -80,6 +80,63 @@ impl FromStr for Language {
     }
 }
 
+/// A kind of sandbox functions run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// Linux namespaces + cgroups + seccomp through runc.
+    Native,
+    /// Containers of a Docker daemon.
+    Docker,
+    /// MicroVMs (QEMU `microvm`, or Firecracker: the VMM is a setting of the
+    /// kind, not a kind of its own).
+    Microvm,
+}
+
+impl SandboxKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [SandboxKind; 3] = [
+        SandboxKind::Native,
+        SandboxKind::Docker,
+        SandboxKind::Microvm,
+    ];
+
+    /// The lowercase name used in the API, flags and config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Native => "native",
+            SandboxKind::Docker => "docker",
+            SandboxKind::Microvm => "microvm",
+        }
+    }
+}
+
+impl fmt::Display for SandboxKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A sandbox kind name that is not one of ours.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown sandbox kind {0:?} (expected native, docker, microvm or firecracker)")]
+pub struct UnknownSandboxKind(pub String);
+
+impl FromStr for SandboxKind {
+    type Err = UnknownSandboxKind;
+
+    /// `firecracker` is accepted as the microVM kind (`FAAS_EXECUTOR_TYPE`
+    /// names it so); the VMM itself is chosen by `FAAS_FC_BINARY_PATH`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "native" => Ok(SandboxKind::Native),
+            "docker" => Ok(SandboxKind::Docker),
+            "microvm" | "firecracker" => Ok(SandboxKind::Microvm),
+            other => Err(UnknownSandboxKind(other.to_string())),
+        }
+    }
+}
+
 /// A function as a user deploys it (`POST /functions`).
 ///
 /// The first seven fields are the original plan's; the rest extend it.

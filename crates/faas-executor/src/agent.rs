@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use faas_common::contract::{
+    keep_tail, truncate, MAX_ERROR_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES,
+};
 use faas_common::protocol::{FailureKind, Frame, InitSpec, Message, ProtocolError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -64,14 +67,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentConn<S> {
                 logs,
                 init_us,
             } => Ok(Ready {
-                logs,
+                logs: keep_tail(&logs, MAX_LOG_BYTES),
                 init: Duration::from_micros(init_us),
             }),
             Message::Ready {
                 error: Some(error),
                 logs,
                 ..
-            } => Err(ExecutorError::Init { error, logs }),
+            } => Err(ExecutorError::Init {
+                error: truncate(&error, MAX_ERROR_BYTES),
+                logs: keep_tail(&logs, MAX_LOG_BYTES),
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -115,6 +121,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentConn<S> {
     }
 }
 
+/// Read a `Result` frame. Everything in it comes from inside the sandbox, so
+/// it is bounded here as well as in the agent: errors and logs are cut to
+/// their limits, an oversized response fails the invocation, and a content
+/// type that is not a plain media type is replaced.
 fn into_reply(frame: Frame) -> Result<AgentReply, ExecutorError> {
     match frame.message {
         Message::Result {
@@ -125,31 +135,64 @@ fn into_reply(frame: Frame) -> Result<AgentReply, ExecutorError> {
             exit_code,
             duration_us,
             ..
-        } => match failure {
-            Some(FailureKind::RuntimeExited) => Ok(AgentReply::RuntimeExited {
-                reason: error.unwrap_or_else(|| "runtime exited".into()),
-                logs,
-            }),
-            Some(FailureKind::Agent) => Err(ExecutorError::Crashed {
-                reason: error.unwrap_or_else(|| "agent failure".into()),
-                logs,
-            }),
-            _ => Ok(AgentReply::Done(InvokeOutput {
-                body: frame.body,
-                content_type,
-                logs,
-                error,
-                exit_code,
-                duration: Duration::from_micros(duration_us),
-            })),
-        },
+        } => {
+            let error = error.map(|e| truncate(&e, MAX_ERROR_BYTES));
+            let logs = keep_tail(&logs, MAX_LOG_BYTES);
+            match failure {
+                Some(FailureKind::RuntimeExited) => Ok(AgentReply::RuntimeExited {
+                    reason: error.unwrap_or_else(|| "runtime exited".into()),
+                    logs,
+                }),
+                Some(FailureKind::Agent) => Err(ExecutorError::Crashed {
+                    reason: error.unwrap_or_else(|| "agent failure".into()),
+                    logs,
+                }),
+                _ if frame.body.len() > MAX_RESPONSE_BYTES => Ok(AgentReply::Done(InvokeOutput {
+                    body: Vec::new(),
+                    content_type: "text/plain".into(),
+                    logs,
+                    error: Some(format!(
+                        "response of {} bytes exceeds the {MAX_RESPONSE_BYTES} byte limit",
+                        frame.body.len()
+                    )),
+                    exit_code,
+                    duration: Duration::from_micros(duration_us),
+                })),
+                _ => Ok(AgentReply::Done(InvokeOutput {
+                    body: frame.body,
+                    content_type: media_type(content_type),
+                    logs,
+                    error,
+                    exit_code,
+                    duration: Duration::from_micros(duration_us),
+                })),
+            }
+        }
         other => Err(unexpected(other)),
+    }
+}
+
+/// `content_type` if it is a plausible media type (it becomes an HTTP header).
+fn media_type(content_type: String) -> String {
+    let ok = !content_type.is_empty()
+        && content_type.len() <= 128
+        && content_type
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ')
+        && content_type.contains('/');
+    if ok {
+        content_type
+    } else {
+        "application/octet-stream".into()
     }
 }
 
 fn unexpected(message: Message) -> ExecutorError {
     ExecutorError::Crashed {
-        reason: format!("unexpected reply from agent: {message:?}"),
+        reason: truncate(
+            &format!("unexpected reply from agent: {message:?}"),
+            MAX_ERROR_BYTES,
+        ),
         logs: String::new(),
     }
 }

@@ -9,6 +9,9 @@ pub enum ExecutorError {
     /// No image is built for this runtime.
     #[error("no runtime image for {0}; run `faas images build {0}`")]
     ImageMissing(String),
+    /// A host resource every instance needs one of has run out.
+    #[error("no capacity: {0}")]
+    Exhausted(String),
     /// The sandbox could not be created or started.
     #[error("sandbox failed to start: {0}")]
     Start(String),

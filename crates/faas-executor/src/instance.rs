@@ -27,6 +27,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
     }
     /// What the sandbox itself reports after the agent was lost (exit status, stderr).
     async fn diagnose(&mut self) -> String;
+    /// Stop every process of the sandbox where it stands (an idle instance:
+    /// whatever a handler left running must not use CPU between invocations).
+    /// Sandboxes that freeze themselves (a microVM's agent does) keep the default.
+    async fn freeze(&mut self) -> Result<(), ExecutorError> {
+        Ok(())
+    }
+    /// Undo [`Backend::freeze`].
+    async fn thaw(&mut self) -> Result<(), ExecutorError> {
+        Ok(())
+    }
     /// Remove everything the sandbox has on the host.
     async fn destroy(&mut self);
 }
@@ -36,6 +46,7 @@ pub(crate) struct AgentInstance<B: Backend> {
     backend: B,
     conn: AgentConn<UnixStream>,
     memory_mb: u32,
+    frozen: bool,
 }
 
 impl<B: Backend> AgentInstance<B> {
@@ -52,12 +63,16 @@ impl<B: Backend> AgentInstance<B> {
             backend,
             conn: AgentConn::new(stream),
             memory_mb,
+            frozen: false,
         };
         let Some(init) = init else {
             return Ok(instance);
         };
         let err = match tokio::time::timeout(load_timeout, instance.conn.init(init)).await {
-            Ok(Ok(_ready)) => return Ok(instance),
+            Ok(Ok(_ready)) => {
+                instance.park().await;
+                return Ok(instance);
+            }
             Ok(Err(e)) => instance.classify(e).await,
             Err(_) => ExecutorError::Start(format!("handler did not load within {load_timeout:?}")),
         };
@@ -73,6 +88,24 @@ impl<B: Backend> AgentInstance<B> {
     /// Tear the sandbox down (when a start-time step after loading failed).
     pub(crate) async fn destroy_backend(&mut self) {
         self.backend.destroy().await;
+    }
+
+    /// Freeze the idle instance. A freezer that fails leaves it running, which
+    /// costs CPU but breaks nothing: say so and carry on.
+    async fn park(&mut self) {
+        match self.backend.freeze().await {
+            Ok(()) => self.frozen = true,
+            Err(e) => tracing::warn!(instance = self.backend.id(), "cannot freeze: {e}"),
+        }
+    }
+
+    /// Thaw the instance before talking to its agent.
+    async fn unpark(&mut self) -> Result<(), ExecutorError> {
+        if self.frozen {
+            self.backend.thaw().await?;
+            self.frozen = false;
+        }
+        Ok(())
     }
 
     /// Turn a failure into OutOfMemory when the OOM killer struck, and a lost
@@ -168,11 +201,16 @@ impl<B: Backend> Instance for AgentInstance<B> {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<InvokeOutput, ExecutorError> {
+        self.unpark().await?;
         let call = self
             .conn
             .invoke(request_id, timeout.as_millis() as u64, payload);
         let reply = tokio::time::timeout(timeout, call).await;
-        self.settle(timeout, reply).await
+        let out = self.settle(timeout, reply).await;
+        if out.is_ok() {
+            self.park().await;
+        }
+        out
     }
 
     async fn exec(
@@ -183,14 +221,19 @@ impl<B: Backend> Instance for AgentInstance<B> {
         stdin: Vec<u8>,
         timeout: Duration,
     ) -> Result<InvokeOutput, ExecutorError> {
+        self.unpark().await?;
         let call = self.conn.exec(request_id, command, env, stdin);
         let reply = tokio::time::timeout(timeout, call).await;
         self.settle(timeout, reply).await
     }
 
     async fn ping(&mut self, timeout: Duration) -> Result<(), ExecutorError> {
+        self.unpark().await?;
         match tokio::time::timeout(timeout, self.conn.ping()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.park().await;
+                Ok(())
+            }
             Ok(Err(e)) => Err(self.classify(e).await),
             Err(_) => Err(ExecutorError::Crashed {
                 reason: format!(

@@ -12,9 +12,11 @@
 pub mod agent;
 pub mod docker;
 mod error;
+pub mod ids;
 mod instance;
 pub mod microvm;
 pub mod native;
+pub mod socket;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,9 +33,11 @@ pub use error::ExecutorError;
 pub struct InstanceSpec {
     /// Runtime image to run in.
     pub language: Language,
-    /// Host directory with the function's code, mounted read-only at `/var/task`.
+    /// Host directory with the function's code, mounted read-only at
+    /// [`faas_common::contract::GUEST_CODE_DIR`].
     pub code_dir: Option<PathBuf>,
-    /// Host directory with installed dependencies, mounted read-only at `/opt/faas/deps`.
+    /// Host directory with installed dependencies, mounted read-only at
+    /// [`faas_common::contract::GUEST_DEPS_DIR`].
     pub deps_dir: Option<PathBuf>,
     /// Memory limit in MiB (also bounds `/tmp`, which lives in memory).
     pub memory_mb: u32,
@@ -49,11 +53,6 @@ pub struct ImageRef {
     /// Content hash of the image recipe (names Docker tags, VM disks).
     pub hash: String,
 }
-
-/// Where the code and dependencies appear inside every sandbox.
-pub const GUEST_CODE_DIR: &str = "/var/task";
-/// See [`GUEST_CODE_DIR`].
-pub const GUEST_DEPS_DIR: &str = "/opt/faas/deps";
 
 /// A successful round trip (the handler itself may still have failed: see `error`).
 #[derive(Debug, Clone, Default)]
@@ -92,6 +91,12 @@ pub trait Sandbox: Send + Sync + 'static {
 
     /// Remove instances a previous process left behind (after a crash); returns how many.
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError>;
+
+    /// After the last instance is gone: remove whatever the sandbox kind
+    /// still holds on the host for this server.
+    async fn shutdown(&self) -> Result<usize, ExecutorError> {
+        self.reap_leftovers().await
+    }
 }
 
 /// A running sandbox with a guest agent inside.
@@ -185,21 +190,4 @@ pub(crate) fn base_env() -> BTreeMap<String, String> {
         ("HOME".into(), "/tmp".into()),
         ("LANG".into(), "C.UTF-8".into()),
     ])
-}
-
-/// Create the directory the agent's socket lives in, owned by the sandbox user
-/// and closed to everyone else.
-pub(crate) async fn make_socket_dir(
-    dir: &std::path::Path,
-    owner: u32,
-) -> Result<(), ExecutorError> {
-    use std::os::unix::fs::PermissionsExt;
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
-    std::os::unix::fs::chown(dir, Some(owner), Some(owner))
-        .map_err(ExecutorError::io("chown socket dir"))?;
-    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .await
-        .map_err(ExecutorError::io("chmod socket dir"))
 }

@@ -193,6 +193,7 @@ async fn status(State(o): Orch, Path(id): Path<String>) -> Result<Response, ApiE
 #[derive(Deserialize)]
 struct LogsQuery {
     limit: Option<usize>,
+    before: Option<String>,
 }
 
 async fn logs(
@@ -200,9 +201,10 @@ async fn logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Json<InvocationList>, ApiError> {
-    Ok(Json(InvocationList {
-        invocations: o.logs(&id, q.limit.unwrap_or(20)).await?,
-    }))
+    Ok(Json(
+        o.logs(&id, q.limit.unwrap_or(20), q.before.as_deref())
+            .await?,
+    ))
 }
 
 async fn invoke(

@@ -1,18 +1,24 @@
 //! `faas-guest-agent`: the process that runs first inside every sandbox.
 //!
 //! ```text
-//! faas-guest-agent --listen unix:/run/faas/agent.sock
-//! faas-guest-agent --init --listen vsock:1234      # init of a microVM
+//! faas-guest-agent --connect unix:/run/faas/agent.sock   # in a container
+//! faas-guest-agent --init --listen vsock:1234            # init of a microVM
 //! ```
+//!
+//! In a container the host listens and the agent connects: the socket's
+//! directory is read-only to the sandbox, so a function can write nothing
+//! there, and once the agent is connected the host stops listening.
 //!
 //! As init, `faas.transport=serial` on the kernel command line replaces the
 //! vsock listener with the virtio-serial port `faas.agent` (QEMU guests that
 //! are saved and restored: QEMU cannot migrate its vsock device).
 //!
-//! With `--init` it first sets the VM up (see [`vm`]). It binds the socket, prints `FAAS_AGENT_READY` on stdout (so the host knows when
-//! to connect without polling), then serves one host connection at a time, speaking
-//! [`faas_common::protocol`] frames. When it runs as PID 1 it first forks so that PID 1
-//! only reaps orphans (the job `tini` does for Docker) and the agent proper is its child.
+//! With `--init` it first sets the VM up (see [`vm`]), binds its listener,
+//! prints `FAAS_AGENT_READY` on the console (so the host knows when to
+//! connect without polling), then serves one host connection at a time,
+//! speaking [`faas_common::protocol`] frames. When it runs as PID 1 it first
+//! forks so that PID 1 only reaps orphans (the job `tini` does for Docker) and
+//! the agent proper is its child.
 
 mod reaper;
 mod runtime;
@@ -57,9 +63,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// `[--init] --listen unix:PATH|vsock:PORT`.
+/// `[--init] --listen unix:PATH|vsock:PORT` or `--connect unix:PATH`.
 fn parse_args(args: &[String]) -> Result<(bool, Listen), String> {
-    const USAGE: &str = "usage: faas-guest-agent [--init] --listen unix:PATH|vsock:PORT";
+    const USAGE: &str =
+        "usage: faas-guest-agent [--init] --listen unix:PATH|vsock:PORT | --connect unix:PATH";
     let (init, rest) = match args.get(1..) {
         Some([flag, rest @ ..]) if flag == "--init" => (true, rest),
         Some(rest) => (false, rest),
@@ -68,6 +75,12 @@ fn parse_args(args: &[String]) -> Result<(bool, Listen), String> {
     let [flag, value] = rest else {
         return Err(USAGE.into());
     };
+    if flag == "--connect" && !init {
+        return value
+            .strip_prefix("unix:")
+            .map(|path| (false, Listen::Connect(path.to_string())))
+            .ok_or_else(|| format!("unsupported address {value:?} (use unix:PATH)"));
+    }
     if flag != "--listen" {
         return Err(USAGE.into());
     }
@@ -104,6 +117,11 @@ mod tests {
             parse_args(&args(&["agent", "--init", "--listen", "vsock:1234"])),
             Ok((true, Listen::Vsock(1234)))
         );
+        assert_eq!(
+            parse_args(&args(&["agent", "--connect", "unix:/run/faas/agent.sock"])),
+            Ok((false, Listen::Connect("/run/faas/agent.sock".into())))
+        );
+        assert!(parse_args(&args(&["agent", "--connect", "vsock:1"])).is_err());
         assert!(parse_args(&args(&["agent", "--listen", "tcp:1"])).is_err());
         assert!(parse_args(&args(&["agent", "--listen", "vsock:x"])).is_err());
         assert!(parse_args(&args(&["agent"])).is_err());

@@ -21,10 +21,10 @@ use faas_common::protocol::{FailureKind, Frame, InitSpec, Message};
 use faas_common::Language;
 use serde_json::json;
 
-/// Where the images put the bootstraps.
-const BOOTSTRAP_DIR: &str = "/opt/faas/bootstrap";
+use faas_common::contract::{BOOTSTRAP_DIR, MAX_ERROR_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES};
+
 /// Most log bytes kept per invocation; older bytes are dropped.
-const LOG_CAP: usize = 256 * 1024;
+const LOG_CAP: usize = MAX_LOG_BYTES;
 /// How long to wait for a bootstrap's end-of-logs marker after its reply.
 const MARKER_WAIT: Duration = Duration::from_secs(2);
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -57,7 +57,9 @@ impl Outcome {
         Frame::with_body(
             Message::Result {
                 request_id,
-                error: self.error,
+                error: self
+                    .error
+                    .map(|e| faas_common::contract::truncate(&e, MAX_ERROR_BYTES)),
                 failure: self.failure,
                 logs: self.logs,
                 content_type: self.content_type,
@@ -190,10 +192,24 @@ fn run_once(argv: &[String], env: &[String], cwd: Option<&str>, stdin: Vec<u8>) 
     });
     let stderr = child.stderr.take().expect("piped");
     let err_reader = std::thread::spawn(move || read_capped(stderr));
-    let stdout = read_all(child.stdout.take().expect("piped"));
+    let stdout = read_bounded(child.stdout.take().expect("piped"), MAX_RESPONSE_BYTES);
+    if stdout.is_none() {
+        // Past the limit: stop the command rather than read on.
+        let _ = child.kill();
+    }
     let logs = err_reader.join().unwrap_or_default();
     let _ = feeder.join();
     let status = child.wait();
+    let Some(stdout) = stdout else {
+        return Outcome {
+            logs: String::from_utf8_lossy(&logs).into_owned(),
+            duration_us: started.elapsed().as_micros() as u64,
+            ..Outcome::failed(
+                FailureKind::Handler,
+                format!("output exceeds the {MAX_RESPONSE_BYTES} byte response limit"),
+            )
+        };
+    };
     let duration_us = started.elapsed().as_micros() as u64;
     match status {
         Ok(status) => Outcome {
@@ -213,10 +229,11 @@ fn run_once(argv: &[String], env: &[String], cwd: Option<&str>, stdin: Vec<u8>) 
     }
 }
 
-fn read_all(mut r: impl Read) -> Vec<u8> {
+/// Read to EOF, or `None` once there is more than `max` bytes.
+fn read_bounded(r: impl Read, max: usize) -> Option<Vec<u8>> {
     let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v);
-    v
+    let _ = r.take(max as u64 + 1).read_to_end(&mut v);
+    (v.len() <= max).then_some(v)
 }
 
 /// Read to EOF, keeping only the last [`LOG_CAP`] bytes.
@@ -494,11 +511,10 @@ impl Bootstrap {
         self.from.read_exact(&mut lens)?;
         let hlen = u32::from_be_bytes(lens[..4].try_into().expect("4 bytes")) as usize;
         let blen = u32::from_be_bytes(lens[4..].try_into().expect("4 bytes")) as usize;
-        let limit = faas_common::protocol::MAX_FRAME_LEN as usize;
-        if hlen + blen > limit {
+        // The header is a small JSON object; the body is the response.
+        if hlen > 1024 * 1024 || blen > MAX_RESPONSE_BYTES {
             return Err(std::io::Error::other(format!(
-                "response of {} bytes exceeds the {limit} byte limit",
-                hlen + blen
+                "response of {blen} bytes exceeds the {MAX_RESPONSE_BYTES} byte limit"
             )));
         }
         let mut h = vec![0u8; hlen];

@@ -19,8 +19,11 @@ pub enum AgentError {
 /// Where the agent listens for the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
-    /// A Unix socket path (native and Docker sandboxes).
+    /// Listen on a Unix socket path.
     Unix(String),
+    /// Connect to the host's Unix socket (native and Docker sandboxes) and
+    /// serve that one connection.
+    Connect(String),
     /// An AF_VSOCK port (microVMs; the host reaches it through the VMM's hybrid vsock).
     Vsock(u32),
     /// A virtio-serial port by name (QEMU microVMs that are saved and restored).
@@ -41,6 +44,13 @@ pub fn serve(listen: &Listen) -> Result<(), AgentError> {
                     return Ok(());
                 }
             }
+            Ok(())
+        }
+        Listen::Connect(path) => {
+            let conn = std::os::unix::net::UnixStream::connect(path)?;
+            let mut runtime: Option<Runtime> = None;
+            serve_conn(&mut runtime, conn.try_clone()?, conn);
+            // The host went away, or the runtime died: this instance is over.
             Ok(())
         }
         Listen::Serial(name) => {
@@ -120,6 +130,20 @@ fn handle(
 }
 
 fn dispatch(runtime: &mut Option<Runtime>, frame: Frame) -> (Frame, bool) {
+    let runs_code = matches!(
+        frame.message,
+        Message::Init(_) | Message::Invoke { .. } | Message::Exec { .. }
+    );
+    if !runs_code {
+        return run(runtime, frame);
+    }
+    crate::vm::freeze_functions(false);
+    let reply = run(runtime, frame);
+    crate::vm::freeze_functions(true);
+    reply
+}
+
+fn run(runtime: &mut Option<Runtime>, frame: Frame) -> (Frame, bool) {
     match frame.message {
         Message::Ping => (Frame::new(Message::Pong), false),
         Message::Init(spec) => {

@@ -14,8 +14,10 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
-/// uid and gid of function processes when the agent runs as root.
-pub const FUNCTION_UID: u32 = 1000;
+use faas_common::contract::{
+    CODE_DISK_LABEL, DEPS_DISK_LABEL, FUNCTION_UID, GUEST_CODE_DIR, GUEST_DEPS_DIR,
+};
+
 /// vsock port of the control listener (clone fix-ups after a restore).
 pub const CONTROL_PORT: u32 = 1235;
 /// Bytes a reseed request carries: 8 bytes of Unix time in nanoseconds (big
@@ -24,9 +26,6 @@ pub const RESEED_LEN: usize = 72;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const FUNCTION_CGROUP: &str = "/sys/fs/cgroup/function";
-/// Labels the image builder gives the disks (faas-images `microvm` module).
-const CODE_LABEL: &str = "faas-code";
-const DEPS_LABEL: &str = "faas-deps";
 
 /// `cgroup.procs` of the function cgroup, NUL-terminated for `open(2)` in a
 /// forked child; set once the cgroup exists.
@@ -67,8 +66,8 @@ pub fn init() {
             std::io::Error::last_os_error()
         );
     }
-    mount_disk(CODE_LABEL, "/var/task");
-    mount_disk(DEPS_LABEL, "/opt/faas/deps");
+    mount_disk(CODE_DISK_LABEL, GUEST_CODE_DIR);
+    mount_disk(DEPS_DISK_LABEL, GUEST_DEPS_DIR);
     let memory_mb = kernel_arg("faas.memory_mb").and_then(|v| v.parse::<u64>().ok());
     if let Err(e) = function_cgroup(memory_mb) {
         eprintln!("faas-guest-agent: function cgroup: {e}");
@@ -81,18 +80,36 @@ pub fn init() {
     }
 }
 
-/// BPF for [`faas_common::sandbox::BLOCKED_SYSCALLS`]: each returns EPERM, any
-/// other x86-64 call is allowed, and a call through another ABI (i386, x32) is
-/// refused outright, as the native sandbox's profile does.
+/// BPF for the sandbox policy ([`faas_common::sandbox`]): the allowlist, the
+/// conditional rules (`clone` without namespace flags, the allowed socket
+/// families), `clone3` refused with `ENOSYS`, everything else `EPERM`; a call
+/// through another ABI (i386, x32) is refused outright, as the native
+/// sandbox's profile does.
 pub fn function_filter() -> Result<Vec<seccompiler::sock_filter>, String> {
-    let rules: Vec<_> = faas_common::sandbox::BLOCKED_SYSCALLS
+    use faas_common::sandbox::{ArgOp, ALLOWED_SYSCALLS, CONDITIONAL_SYSCALLS, REFUSED_ERRNO};
+    let mut rules: Vec<serde_json::Value> = ALLOWED_SYSCALLS
         .iter()
         .map(|name| serde_json::json!({ "syscall": name }))
         .collect();
+    for rule in CONDITIONAL_SYSCALLS {
+        let args: Vec<serde_json::Value> = rule
+            .checks
+            .iter()
+            .map(|c| match c.op {
+                ArgOp::Eq => serde_json::json!({
+                    "index": c.index, "type": "qword", "op": "eq", "val": c.value
+                }),
+                ArgOp::MaskedEq(mask) => serde_json::json!({
+                    "index": c.index, "type": "qword", "op": {"masked_eq": mask}, "val": c.value
+                }),
+            })
+            .collect();
+        rules.push(serde_json::json!({ "syscall": rule.name, "args": args }));
+    }
     let policy = serde_json::json!({
         "function": {
-            "mismatch_action": "allow",
-            "match_action": { "errno": libc::EPERM },
+            "mismatch_action": { "errno": REFUSED_ERRNO },
+            "match_action": "allow",
             "filter": rules,
         }
     });
@@ -106,7 +123,9 @@ pub fn function_filter() -> Result<Vec<seccompiler::sock_filter>, String> {
         .ok_or("the compiled policy lacks its filter")?;
     // seccompiler kills on a foreign architecture (i386) but cannot see x32
     // calls, which share x86-64's audit arch with bit 30 of the number set:
-    // refuse those first. Its own program follows, and BPF jumps are relative.
+    // refuse those first, and answer clone3 with ENOSYS (its flags live in
+    // memory the filter cannot read; the C library then uses clone). Its own
+    // program follows, and BPF jumps are relative.
     const X32_BIT: u32 = 0x4000_0000;
     const NR_OFFSET: u32 = 0;
     let stmt = |code: u32, k: u32| seccompiler::sock_filter {
@@ -115,17 +134,28 @@ pub fn function_filter() -> Result<Vec<seccompiler::sock_filter>, String> {
         jf: 0,
         k,
     };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
     let mut filter = vec![
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, NR_OFFSET),
-        seccompiler::sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: X32_BIT,
-        },
+        jump(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, X32_BIT, 0, 1),
         stmt(
             libc::BPF_RET | libc::BPF_K,
             libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_clone3 as u32,
+            0,
+            1,
+        ),
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | faas_common::sandbox::ENOSYS,
         ),
     ];
     filter.extend(program);
@@ -228,6 +258,19 @@ fn function_cgroup(memory_mb: Option<u64>) -> std::io::Result<()> {
         CString::new(format!("{FUNCTION_CGROUP}/cgroup.procs")).map_err(std::io::Error::other)?;
     let _ = CGROUP_PROCS.set(procs);
     Ok(())
+}
+
+/// Freeze (or thaw) every function process of a VM: between invocations
+/// nothing a handler left running gets CPU. Does nothing outside a VM, where
+/// the host freezes the whole sandbox instead.
+pub fn freeze_functions(frozen: bool) {
+    if CGROUP_PROCS.get().is_none() {
+        return;
+    }
+    let path = format!("{FUNCTION_CGROUP}/cgroup.freeze");
+    if let Err(e) = std::fs::write(&path, if frozen { "1" } else { "0" }) {
+        eprintln!("faas-guest-agent: {path}: {e}");
+    }
 }
 
 /// When the agent runs as root (in a VM), make `cmd`'s child join the function

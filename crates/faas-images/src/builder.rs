@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 
-use faas_common::Language;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use crate::error::{ImageError, IoContext};
 use crate::mirror::Mirrors;
 use crate::recipe::{BaseRecipe, BOOTSTRAPS};
+use crate::ImageKind;
 
 /// How many trailing output lines of a failed command are kept for the error.
 const TAIL_LINES: usize = 20;
@@ -26,11 +26,16 @@ pub(crate) const AGENT_PATH: &str = "opt/faas/bin/faas-guest-agent";
 pub(crate) const BOOTSTRAP_DIR: &str = "opt/faas/bootstrap";
 
 /// Directories created (or re-moded) on top of the base, with their modes.
-const LAYOUT_DIRS: [(&str, u32); 11] = [
+const LAYOUT_DIRS: [(&str, u32); 14] = [
     ("opt/faas", 0o755),
     ("opt/faas/bin", 0o755),
     (BOOTSTRAP_DIR, 0o755),
     ("opt/faas/deps", 0o755),
+    // Mount points of the build sandbox (faas_common::contract::BUILD_*).
+    ("opt/faas/build", 0o755),
+    // runc gives a tmpfs the mode of the directory it covers.
+    ("opt/faas/build/out", 0o1777),
+    ("opt/faas/build/layer", 0o755),
     ("var/task", 0o755),
     ("run/faas", 0o755),
     ("tmp", 0o1777),
@@ -61,7 +66,7 @@ pub(crate) fn find_mmdebstrap() -> Result<PathBuf, ImageError> {
 }
 
 /// Fails unless the process runs as root.
-pub(crate) fn require_root(lang: Language) -> Result<(), ImageError> {
+pub(crate) fn require_root(lang: ImageKind) -> Result<(), ImageError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid == 0 {
@@ -73,7 +78,7 @@ pub(crate) fn require_root(lang: Language) -> Result<(), ImageError> {
 
 /// Runs mmdebstrap for `recipe`, writing the tarball to `out` (which must end in `.tar`).
 pub(crate) async fn run_mmdebstrap(
-    lang: Language,
+    lang: ImageKind,
     mmdebstrap: &Path,
     recipe: &BaseRecipe,
     mirrors: &Mirrors,
@@ -107,7 +112,7 @@ pub(crate) async fn run_mmdebstrap(
         .ctx(|| format!("cannot run {}", mmdebstrap.display()))?;
     let tail = Mutex::new(VecDeque::with_capacity(TAIL_LINES));
     let forward = |line: String| {
-        tracing::debug!(lang = lang.as_str(), "mmdebstrap: {line}");
+        tracing::debug!(%lang, "mmdebstrap: {line}");
         if ["I: ", "W: ", "E: "].iter().any(|p| line.starts_with(p)) {
             progress(&format!("{lang}: {line}"));
         }
@@ -153,7 +158,7 @@ async fn read_lines(
 /// ownership and modes and skipping the device nodes under `/dev` (the sandbox
 /// provides its own `/dev`).
 pub(crate) async fn extract_base(
-    lang: Language,
+    lang: ImageKind,
     tarball: &Path,
     rootfs: &Path,
 ) -> Result<(), ImageError> {

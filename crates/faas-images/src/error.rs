@@ -2,7 +2,7 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-use faas_common::Language;
+use crate::ImageKind;
 
 /// Everything that can go wrong while finding or building a runtime image.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum ImageError {
     #[error("building the {lang} image requires root (effective uid is {euid})")]
     NotRoot {
         /// The image being built.
-        lang: Language,
+        lang: ImageKind,
         /// The effective uid of this process.
         euid: u32,
     },
@@ -32,7 +32,7 @@ pub enum ImageError {
     #[error("mmdebstrap failed for the {lang} image ({status}); last output:\n{stderr_tail}")]
     MmdebstrapFailed {
         /// The image being built.
-        lang: Language,
+        lang: ImageKind,
         /// Exit status of mmdebstrap.
         status: ExitStatus,
         /// The last lines mmdebstrap printed.
@@ -43,7 +43,7 @@ pub enum ImageError {
     #[error("unpacking the {lang} base tarball failed ({status}):\n{stderr_tail}")]
     ExtractFailed {
         /// The image being built.
-        lang: Language,
+        lang: ImageKind,
         /// Exit status of `tar`.
         status: ExitStatus,
         /// The last lines `tar` printed.

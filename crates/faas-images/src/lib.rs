@@ -42,10 +42,41 @@ use error::IoContext;
 use mirror::Mirrors;
 use recipe::{short, BaseRecipe, BOOTSTRAPS};
 
-/// A built runtime image, ready to be used as a sandbox root filesystem.
+/// What an image is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageKind {
+    /// Functions of a language run in it.
+    Runtime(Language),
+    /// A language's package installer runs in it (in the build sandbox) to
+    /// install dependencies: never a function.
+    Builder(Language),
+}
+
+impl ImageKind {
+    /// The language it serves.
+    pub fn language(self) -> Language {
+        match self {
+            ImageKind::Runtime(l) | ImageKind::Builder(l) => l,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageKind::Runtime(l) => write!(f, "{l}"),
+            ImageKind::Builder(l) => write!(f, "{l}-build"),
+        }
+    }
+}
+
+/// A built image, ready to be used as a sandbox root filesystem.
 #[derive(Debug, Clone)]
 pub struct RuntimeImage {
-    /// The language this image runs.
+    /// What it is for.
+    pub kind: ImageKind,
+    /// The language this image runs (or installs packages for).
     pub language: Language,
     /// The root filesystem directory (`<dir>/<lang>-<hash>/rootfs`).
     pub rootfs: PathBuf,
@@ -99,7 +130,7 @@ pub struct ImageStore {
 /// `image.json`, written next to each `rootfs/`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
-    language: Language,
+    kind: ImageKind,
     /// Short hash, as in the directory name.
     hash: String,
     full_hash: String,
@@ -116,7 +147,7 @@ struct Manifest {
 
 /// Everything derived from the language and agent before touching the cache.
 struct Plan {
-    lang: Language,
+    lang: ImageKind,
     recipe: BaseRecipe,
     base_hash: String,
     full_hash: String,
@@ -124,8 +155,8 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(lang: Language, agent_sha256: String) -> Self {
-        let recipe = BaseRecipe::for_language(lang);
+    fn new(lang: ImageKind, agent_sha256: String) -> Self {
+        let recipe = BaseRecipe::for_kind(lang);
         let base_hash = recipe.hash();
         let full_hash = recipe::full_hash(&base_hash, &BOOTSTRAPS, &agent_sha256);
         Plan {
@@ -139,7 +170,8 @@ impl Plan {
 
     fn image(&self, rootfs: PathBuf) -> RuntimeImage {
         RuntimeImage {
-            language: self.lang,
+            kind: self.lang,
+            language: self.lang.language(),
             rootfs,
             hash: short(&self.full_hash).to_string(),
             packages: self.recipe.packages.clone(),
@@ -230,18 +262,31 @@ impl ImageStore {
         agent: &Path,
     ) -> Result<Option<RuntimeImage>, ImageError> {
         let (_, agent_sha256) = read_agent(agent).await?;
-        self.load(&Plan::new(lang, agent_sha256)).await
+        self.load(&Plan::new(ImageKind::Runtime(lang), agent_sha256))
+            .await
     }
 
-    /// Builds the image for `lang` with this agent binary, or reuses the cached one.
+    /// [`ImageStore::ensure_kind`] of a runtime image.
+    pub async fn ensure(
+        &self,
+        lang: Language,
+        agent: &Path,
+        force: bool,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<RuntimeImage, ImageError> {
+        self.ensure_kind(ImageKind::Runtime(lang), agent, force, progress)
+            .await
+    }
+
+    /// Builds the image of `kind` with this agent binary, or reuses the cached one.
     ///
     /// `force` rebuilds both the base tarball and the image even if cached (a
     /// replaced image directory is renamed to `.replaced-<lang>-<hash>-<random>`,
     /// not deleted, since running sandboxes may still use it). Human-readable progress
     /// lines, including mmdebstrap's own `I:` lines, go to `progress`.
-    pub async fn ensure(
+    pub async fn ensure_kind(
         &self,
-        lang: Language,
+        lang: ImageKind,
         agent: &Path,
         force: bool,
         progress: &(dyn Fn(&str) + Send + Sync),
@@ -294,7 +339,7 @@ impl ImageStore {
     }
 
     /// Takes the exclusive build lock of `lang`, waiting for other builders.
-    async fn lock(&self, lang: Language, progress: Progress<'_>) -> Result<File, ImageError> {
+    async fn lock(&self, lang: ImageKind, progress: Progress<'_>) -> Result<File, ImageError> {
         let path = self.dir.join(format!(".lock-{lang}"));
         let file = OpenOptions::new()
             .create(true)
@@ -402,7 +447,7 @@ impl ImageStore {
         builder::extract_base(lang, base_tar, &rootfs).await?;
 
         let manifest = Manifest {
-            language: lang,
+            kind: lang,
             hash: short(&plan.full_hash).to_string(),
             full_hash: plan.full_hash.clone(),
             base_hash: plan.base_hash.clone(),
@@ -467,7 +512,7 @@ impl ImageStore {
             started.elapsed().as_secs_f64(),
             builder::mib(manifest.size_bytes)
         ));
-        tracing::info!(lang = lang.as_str(), hash = %image.hash, rootfs = %image.rootfs.display(), "runtime image built");
+        tracing::info!(%lang, hash = %image.hash, rootfs = %image.rootfs.display(), "runtime image built");
         Ok(image)
     }
 }
@@ -475,7 +520,7 @@ impl ImageStore {
 fn report_cached(image: &RuntimeImage, progress: Progress<'_>) {
     progress(&format!(
         "{}: image cached at {} (hash {})",
-        image.language,
+        image.kind,
         image.rootfs.display(),
         image.hash
     ));

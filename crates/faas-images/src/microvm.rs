@@ -797,6 +797,7 @@ mod tests {
     #[test]
     fn disk_hash_follows_the_image() {
         let image = |hash: &str| RuntimeImage {
+            kind: crate::ImageKind::Runtime(faas_common::Language::Python),
             language: faas_common::Language::Python,
             rootfs: PathBuf::from("/x"),
             hash: hash.into(),

@@ -3,13 +3,15 @@
 use faas_common::Language;
 use sha2::{Digest, Sha256};
 
+use crate::ImageKind;
+
 /// Bump to rebuild every base tarball (anything about the mmdebstrap invocation
 /// that is not captured by the other hashed fields changed).
 pub(crate) const RECIPE_VERSION: u32 = 1;
 
 /// Bump to rebuild every final image without rebuilding the bases (the layout
 /// written on top of the base changed: directories, modes, extra files).
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 
 /// The Debian release every image is built from.
 pub(crate) const SUITE: &str = "bookworm";
@@ -47,14 +49,17 @@ pub(crate) const BOOTSTRAPS: [(&str, &str); 2] = [
 /// Number of hex digits of a hash used in file and directory names.
 pub(crate) const SHORT_HASH_LEN: usize = 16;
 
-/// The Debian packages (beyond the essential set) an image of `lang` needs.
-pub(crate) fn packages(lang: Language) -> &'static [&'static str] {
-    match lang {
+/// The Debian packages (beyond the essential set) an image of `kind` needs.
+pub(crate) fn packages(kind: ImageKind) -> &'static [&'static str] {
+    match kind {
         // Not python3-minimal: `json` and most of the stdlib live in libpython3.11-stdlib.
-        Language::Python => &["python3"],
-        Language::Node => &["nodejs"],
+        ImageKind::Runtime(Language::Python) => &["python3"],
+        ImageKind::Runtime(Language::Node) => &["nodejs"],
         // dash, bash, coreutils, sed, grep, ... are all essential.
-        Language::Shell | Language::Native => &[],
+        ImageKind::Runtime(Language::Shell | Language::Native) => &[],
+        // The installers, with the image's own interpreter and CA certificates.
+        ImageKind::Builder(Language::Python) => &["python3", "python3-pip", "ca-certificates"],
+        ImageKind::Builder(_) => &["nodejs", "npm", "ca-certificates"],
     }
 }
 
@@ -77,12 +82,12 @@ pub(crate) struct BaseRecipe {
 }
 
 impl BaseRecipe {
-    /// The recipe used for `lang`.
-    pub fn for_language(lang: Language) -> Self {
+    /// The recipe used for `kind`.
+    pub fn for_kind(kind: ImageKind) -> Self {
         BaseRecipe {
             suite: SUITE.to_string(),
             variant: VARIANT.to_string(),
-            packages: packages(lang).iter().map(|p| p.to_string()).collect(),
+            packages: packages(kind).iter().map(|p| p.to_string()).collect(),
             dpkg_options: DPKG_OPTIONS.iter().map(|o| o.to_string()).collect(),
             hook_dirs: vec![MERGED_USR_HOOK.to_string()],
         }
@@ -158,7 +163,7 @@ mod tests {
     use super::*;
 
     fn full_for(lang: Language, agent: &[u8]) -> (String, String) {
-        let base = BaseRecipe::for_language(lang).hash();
+        let base = BaseRecipe::for_kind(ImageKind::Runtime(lang)).hash();
         let full = full_hash(&base, &BOOTSTRAPS, &sha256_hex(agent));
         (base, full)
     }
@@ -173,19 +178,22 @@ mod tests {
 
     #[test]
     fn bootstrap_change_changes_full_hash_only() {
-        let base = BaseRecipe::for_language(Language::Node).hash();
+        let base = BaseRecipe::for_kind(ImageKind::Runtime(Language::Node)).hash();
         let agent = sha256_hex(b"agent");
         let edited = [("python.py", "print('x')"), BOOTSTRAPS[1]];
         assert_ne!(
             full_hash(&base, &BOOTSTRAPS, &agent),
             full_hash(&base, &edited, &agent)
         );
-        assert_eq!(base, BaseRecipe::for_language(Language::Node).hash());
+        assert_eq!(
+            base,
+            BaseRecipe::for_kind(ImageKind::Runtime(Language::Node)).hash()
+        );
     }
 
     #[test]
     fn package_change_changes_base_hash() {
-        let recipe = BaseRecipe::for_language(Language::Python);
+        let recipe = BaseRecipe::for_kind(ImageKind::Runtime(Language::Python));
         let mut more = recipe.clone();
         more.packages.push("python3-venv".to_string());
         assert_ne!(recipe.hash(), more.hash());
@@ -197,7 +205,7 @@ mod tests {
 
     #[test]
     fn package_order_does_not_matter() {
-        let mut a = BaseRecipe::for_language(Language::Shell);
+        let mut a = BaseRecipe::for_kind(ImageKind::Runtime(Language::Shell));
         a.packages = vec!["curl".into(), "jq".into()];
         let mut b = a.clone();
         b.packages.reverse();
@@ -208,14 +216,14 @@ mod tests {
     fn languages_have_distinct_bases_and_stable_hashes() {
         let hashes: Vec<String> = Language::IMAGES
             .iter()
-            .map(|l| BaseRecipe::for_language(*l).hash())
+            .map(|l| BaseRecipe::for_kind(ImageKind::Runtime(*l)).hash())
             .collect();
         assert_ne!(hashes[0], hashes[1]);
         assert_ne!(hashes[1], hashes[2]);
         assert_ne!(hashes[0], hashes[2]);
         assert_eq!(
             hashes[0],
-            BaseRecipe::for_language(Language::IMAGES[0]).hash()
+            BaseRecipe::for_kind(ImageKind::Runtime(Language::IMAGES[0])).hash()
         );
         assert_eq!(hashes[0].len(), 64);
         assert_eq!(short(&hashes[0]).len(), SHORT_HASH_LEN);
@@ -223,7 +231,7 @@ mod tests {
 
     #[test]
     fn field_boundaries_are_unambiguous() {
-        let mut a = BaseRecipe::for_language(Language::Shell);
+        let mut a = BaseRecipe::for_kind(ImageKind::Runtime(Language::Shell));
         a.packages = vec!["ab".into(), "c".into()];
         let mut b = a.clone();
         b.packages = vec!["a".into(), "bc".into()];

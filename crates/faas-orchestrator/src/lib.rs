@@ -17,14 +17,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use faas_common::api::{FunctionInfo, FunctionStatus, InvocationRecord, JobBinding};
+use faas_archive::CodeStore;
+use faas_common::api::{
+    FunctionInfo, FunctionStatus, InvocationList, InvocationRecord, JobBinding,
+};
+use faas_common::contract::{GUEST_CODE_DIR, GUEST_DEPS_DIR};
 use faas_common::protocol::InitSpec;
 use faas_common::{
     ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig,
 };
-use faas_executor::{
-    ExecutorError, InstanceSpec, Sandbox, SandboxExecutor, GUEST_CODE_DIR, GUEST_DEPS_DIR,
-};
+use faas_executor::native::build::BuildSandbox;
+use faas_executor::{ExecutorError, InstanceSpec, Sandbox, SandboxExecutor};
+use tokio::sync::{RwLock, Semaphore};
 
 pub use error::{FailureKind, OrchestratorError};
 use metrics::{FunctionLabels, Metrics, OutcomeLabels};
@@ -44,12 +48,23 @@ pub struct OrchestratorConfig {
     pub heartbeat: Duration,
     /// Most instances alive at once, over all functions.
     pub max_instances: usize,
+    /// Most instances of one function alive at once.
+    pub max_instances_per_function: usize,
+    /// Memory all live instances may have together, MiB; no function may ask
+    /// for more than this.
+    pub memory_budget_mb: u64,
     /// Memory limit when a deploy gives none, MiB.
     pub default_memory_mb: u32,
     /// Timeout when a deploy gives none, seconds.
     pub default_timeout_sec: u32,
     /// Limits on uploaded code.
-    pub code_limits: code::CodeLimits,
+    pub code_limits: faas_archive::Limits,
+    /// Deploys decoding code at once; more wait (bounds the memory uploads take).
+    pub concurrent_deploys: usize,
+    /// Limits on dependency installs.
+    pub deps_limits: deps::DepsLimits,
+    /// Unprivileged host uid that writes function code (when running as root).
+    pub code_writer_uid: Option<u32>,
 }
 
 impl Default for OrchestratorConfig {
@@ -60,14 +75,40 @@ impl Default for OrchestratorConfig {
             idle_timeout: Duration::from_secs(300),
             heartbeat: Duration::from_secs(15),
             max_instances: 32,
+            max_instances_per_function: 8,
+            memory_budget_mb: default_memory_budget_mb(),
             default_memory_mb: 128,
             default_timeout_sec: 30,
-            code_limits: code::CodeLimits::default(),
+            code_limits: faas_archive::Limits::default(),
+            concurrent_deploys: 2,
+            deps_limits: deps::DepsLimits::default(),
+            code_writer_uid: None,
         }
     }
 }
 
-/// Bounds on what a deploy may ask for.
+/// The memory instances may have together by default: the machine's memory
+/// less a reserve for the host (a tenth, at least 1 GiB).
+pub fn default_memory_budget_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(4 * 1024 * 1024);
+    let total_mb = total_kb / 1024;
+    total_mb.saturating_sub((total_mb / 10).max(1024)).max(256)
+}
+
+/// How long invocations still running at shutdown may go on.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Most bytes of records one `logs` page carries.
+pub const MAX_LOGS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bounds on what a deploy may ask for (memory also by the node's budget).
 pub const MEMORY_RANGE_MB: std::ops::RangeInclusive<u32> = 32..=8192;
 /// See [`MEMORY_RANGE_MB`].
 pub const TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=900;
@@ -91,11 +132,13 @@ pub struct Invocation {
     pub proof: Option<attest::Proof>,
 }
 
-/// The sandbox kinds a node offers: a default, and others functions may ask for.
+/// The sandbox kinds a node offers: a default, and others functions may ask
+/// for; and the build sandbox where dependency installers run.
 #[derive(Clone)]
 pub struct Sandboxes {
     default: Arc<dyn Sandbox>,
     others: Vec<Arc<dyn Sandbox>>,
+    build: Option<Arc<BuildSandbox>>,
 }
 
 impl Sandboxes {
@@ -104,7 +147,15 @@ impl Sandboxes {
         Sandboxes {
             default,
             others: Vec::new(),
+            build: None,
         }
+    }
+
+    /// Install dependencies in `build` (without one, functions cannot
+    /// declare dependencies).
+    pub fn with_build(mut self, build: Arc<BuildSandbox>) -> Self {
+        self.build = Some(build);
+        self
     }
 
     /// Also let functions choose `sandbox` (`"sandbox": "<kind>"` at deploy).
@@ -139,7 +190,14 @@ pub struct Orchestrator {
     sandboxes: Sandboxes,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    code: CodeStore,
     deps: deps::DepsInstaller,
+    /// Deploys hold it shared from storing code until their version is
+    /// recorded; garbage collection holds it alone, so it never removes what
+    /// a deploy is about to reference.
+    storage: RwLock<()>,
+    deploys: Semaphore,
+    stopping: tokio_util::sync::CancellationToken,
     attestation: Option<Arc<attest::NodeAttestation>>,
 }
 
@@ -167,23 +225,68 @@ impl Orchestrator {
                 ),
             }
         }
+        if let Some(build) = &sandboxes.build {
+            if let Err(e) = build.reap_leftovers().await {
+                tracing::warn!("could not check for leftover build sandboxes: {e}");
+            }
+        }
         let metrics = Arc::new(Metrics::new(&sandboxes.kinds()));
         let pool = Pool::new(
-            config.max_instances,
+            pool::PoolLimits {
+                instances: config.max_instances,
+                per_function: config.max_instances_per_function,
+                memory_mb: config.memory_budget_mb,
+            },
             config.idle_timeout,
             config.heartbeat,
             metrics.clone(),
         );
-        let deps = deps::DepsInstaller::new(config.data_dir.join("deps"));
-        Ok(Orchestrator {
+        let code = CodeStore::new(config.data_dir.join("code"), config.code_writer_uid);
+        code.prepare().map_err(code::archive_error)?;
+        let deps = deps::DepsInstaller::new(
+            config.data_dir.join("deps"),
+            sandboxes.build.clone(),
+            config.deps_limits,
+        );
+        let orchestrator = Orchestrator {
+            deploys: Semaphore::new(config.concurrent_deploys.max(1)),
             config,
             store,
             sandboxes,
             pool,
             metrics,
+            code,
             deps,
+            storage: RwLock::new(()),
+            stopping: tokio_util::sync::CancellationToken::new(),
             attestation: None,
-        })
+        };
+        orchestrator.collect_garbage().await;
+        Ok(orchestrator)
+    }
+
+    /// Remove code trees and dependency layers no stored version uses any
+    /// more (and what interrupted deploys left).
+    pub async fn collect_garbage(&self) {
+        let _alone = self.storage.write().await;
+        let (code, deps) = match self.store.referenced().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot collect unused code: {e}");
+                return;
+            }
+        };
+        let store = self.code.clone();
+        let removed = tokio::task::spawn_blocking(move || store.collect(&code)).await;
+        let layers = self.deps.collect(&deps);
+        match removed {
+            Ok(Ok(n)) if n + layers > 0 => {
+                tracing::info!("removed {n} unused code trees and {layers} dependency layers")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot collect unused code: {e}"),
+            Err(e) => tracing::warn!("code collection task: {e}"),
+        }
     }
 
     /// Attest this node with `node`: functions that require attestation run only
@@ -220,11 +323,11 @@ impl Orchestrator {
             return Err(OrchestratorError::BadRequest("handler is required".into()));
         }
         let memory_mb = def.memory_mb.unwrap_or(self.config.default_memory_mb);
-        if !MEMORY_RANGE_MB.contains(&memory_mb) {
+        let max_memory = u64::from(*MEMORY_RANGE_MB.end()).min(self.config.memory_budget_mb);
+        if !MEMORY_RANGE_MB.contains(&memory_mb) || u64::from(memory_mb) > max_memory {
             return Err(OrchestratorError::BadRequest(format!(
-                "memory_mb must be between {} and {}",
+                "memory_mb must be between {} and {max_memory} on this node",
                 MEMORY_RANGE_MB.start(),
-                MEMORY_RANGE_MB.end()
             )));
         }
         let timeout_sec = def.timeout_sec.unwrap_or(self.config.default_timeout_sec);
@@ -255,24 +358,31 @@ impl Orchestrator {
         };
         let handler = def.handler.trim().to_string();
         let limits = self.config.code_limits;
-        let code_root = self.config.data_dir.join("code");
         let (b64, files) = (def.code_base64.clone(), def.files.clone());
         let h = handler.clone();
+        // Decoding holds the whole upload in memory: a few at a time.
+        let _turn = tokio::time::timeout(Duration::from_secs(30), self.deploys.acquire())
+            .await
+            .map_err(|_| {
+                OrchestratorError::Unavailable("too many deploys in progress; retry later".into())
+            })?
+            .map_err(|_| OrchestratorError::Unavailable("server is shutting down".into()))?;
         // Decoding a large archive is CPU work: keep it off the async threads.
         let tree = tokio::task::spawn_blocking(move || {
-            let tree =
-                code::CodeTree::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
+            let tree = code::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
             code::check_handler(&tree, language, &h)?;
             Ok::<_, OrchestratorError>(tree)
         })
         .await
         .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
-        // Dependencies before anything is stored: a failed install leaves no trace.
+        // Dependencies before anything else is stored: a failed install leaves no trace.
         let deps_sha = self.deps.install(language, &def.dependencies).await?;
-        let code_sha =
-            tokio::task::spawn_blocking(move || tree.store(&code_root).map(|(sha, _)| sha))
-                .await
-                .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
+        let _storing = self.storage.read().await;
+        let store = self.code.clone();
+        let code_sha = tokio::task::spawn_blocking(move || store.store(&tree).map(|(sha, _)| sha))
+            .await
+            .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))?
+            .map_err(code::archive_error)?;
 
         let dependencies = def.dependencies.clone();
         let env = def.env.clone();
@@ -288,16 +398,17 @@ impl Orchestrator {
                     handler,
                     memory_mb,
                     timeout_sec,
-                    code_sha256: code_sha,
                     dependencies,
                     env,
                     sandbox: sandbox.to_string(),
                     attestation,
                     created_at: now_rfc3339(),
                 },
+                code_sha256: code_sha,
                 deps_sha256: deps_sha,
             })
             .await?;
+        drop(_storing);
         // Older versions' warm instances would serve stale code.
         self.pool.retire(&record.info.id, record.info.version);
         tracing::info!(
@@ -324,11 +435,13 @@ impl Orchestrator {
             .collect())
     }
 
-    /// Remove a function and stop its instances; returns (id, name).
+    /// Remove a function, stop its instances and collect its code; returns
+    /// (id, name).
     pub async fn delete(&self, id_or_name: &str) -> Result<(String, String), OrchestratorError> {
         let (id, name) = self.store.delete(id_or_name).await?;
         self.pool.retire(&id, u32::MAX);
         tracing::info!(function = %name, "deleted");
+        self.collect_garbage().await;
         Ok((id, name))
     }
 
@@ -386,14 +499,42 @@ impl Orchestrator {
         })
     }
 
-    /// Recent invocations, newest first.
+    /// One page of recent invocations, newest first: at most `limit` (up to
+    /// 100) records older than the cursor `before`, and never more than
+    /// [`MAX_LOGS_PAGE_BYTES`] of them.
     pub async fn logs(
         &self,
         id_or_name: &str,
         limit: usize,
-    ) -> Result<Vec<InvocationRecord>, OrchestratorError> {
+        before: Option<&str>,
+    ) -> Result<InvocationList, OrchestratorError> {
+        let before = before
+            .map(|b| {
+                b.parse::<i64>()
+                    .map_err(|_| OrchestratorError::BadRequest(format!("invalid cursor {b:?}")))
+            })
+            .transpose()?;
         let f = self.store.latest(id_or_name).await?.info;
-        self.store.invocations(&f.id, limit.clamp(1, 200)).await
+        let limit = limit.clamp(1, 100);
+        // One more than asked says whether there is a next page.
+        let rows = self.store.invocations(&f.id, limit + 1, before).await?;
+        let mut page = InvocationList {
+            invocations: Vec::new(),
+            next: None,
+        };
+        let mut bytes = 0;
+        for (i, (seq, record)) in rows.into_iter().enumerate() {
+            let size = record.logs.len() + record.error.as_ref().map_or(0, String::len) + 256;
+            let full =
+                i == limit || (!page.invocations.is_empty() && bytes + size > MAX_LOGS_PAGE_BYTES);
+            if full {
+                page.next = page.invocations.last().map(|_| (seq + 1).to_string());
+                break;
+            }
+            bytes += size;
+            page.invocations.push(record);
+        }
+        Ok(page)
     }
 
     /// Invoke the newest version of a function with `payload`.
@@ -447,7 +588,7 @@ impl Orchestrator {
         let spec = || self.instance_spec(&f);
         let lease = self
             .pool
-            .acquire(&key, sandbox.as_ref(), spec, timeout)
+            .acquire(&key, sandbox.as_ref(), spec, info.memory_mb, timeout)
             .await;
         let (result, cold) = match lease {
             Err(e) => (Err(self.acquire_failure(&request_id, e)), false),
@@ -466,7 +607,13 @@ impl Orchestrator {
                 // `timeout_sec` bounds the handler's run, as Lambda's does; the
                 // cold start has its own bounds (sandbox start, handler load), so
                 // a slow boot (a microVM under TCG) never eats a short timeout.
-                let out = lease.instance().invoke(&request_id, payload, timeout).await;
+                let out = tokio::select! {
+                    out = lease.instance().invoke(&request_id, payload, timeout) => out,
+                    () = self.stopping_for(SHUTDOWN_GRACE) => Err(ExecutorError::Crashed {
+                        reason: "the server shut down during the invocation".into(),
+                        logs: String::new(),
+                    }),
+                };
                 let healthy = out.is_ok();
                 self.pool.release(lease, healthy);
                 let result = match out {
@@ -578,7 +725,7 @@ impl Orchestrator {
         let deps_dir = f.deps_sha256.as_ref().map(|sha| self.deps.dir(sha));
         InstanceSpec {
             language: info.language,
-            code_dir: Some(self.config.data_dir.join("code").join(&info.code_sha256)),
+            code_dir: Some(self.code.path(&f.code_sha256)),
             deps_dir: deps_dir.clone(),
             memory_mb: info.memory_mb,
             init: Some(InitSpec {
@@ -596,9 +743,9 @@ impl Orchestrator {
 
     fn acquire_failure(&self, request_id: &str, e: AcquireError) -> OrchestratorError {
         match e {
-            AcquireError::Saturated(n) => OrchestratorError::Unavailable(format!(
-                "all {n} instance slots are busy; retry later"
-            )),
+            AcquireError::Saturated(why) => {
+                OrchestratorError::Unavailable(format!("{why}; retry later"))
+            }
             AcquireError::Closed => {
                 OrchestratorError::Unavailable("server is shutting down".into())
             }
@@ -671,12 +818,26 @@ impl Orchestrator {
         self.metrics.render()
     }
 
-    /// Stop every instance; waits for their teardown, then sweeps anything a
-    /// failed teardown left (a container whose daemon was away, say).
+    /// Resolves `grace` after shutdown began.
+    async fn stopping_for(&self, grace: Duration) {
+        self.stopping.cancelled().await;
+        tokio::time::sleep(grace).await;
+    }
+
+    /// Stop every instance: idle ones at once, busy ones when their
+    /// invocation ends or [`SHUTDOWN_GRACE`] has passed; waits for every
+    /// teardown, then sweeps anything a failed teardown left (a container
+    /// whose daemon was away, say).
     pub async fn shutdown(&self) {
+        self.stopping.cancel();
         self.pool.shutdown().await;
+        if let Some(build) = &self.sandboxes.build {
+            if let Err(e) = build.reap_leftovers().await {
+                tracing::warn!("could not sweep build sandboxes at shutdown: {e}");
+            }
+        }
         for sandbox in self.sandboxes.all() {
-            if let Err(e) = sandbox.reap_leftovers().await {
+            if let Err(e) = sandbox.shutdown().await {
                 tracing::warn!(
                     "could not sweep {} instances at shutdown: {e}",
                     sandbox.kind()

@@ -1,13 +1,15 @@
 //! Warm instances: reuse an idle instance of the same function version when there
 //! is one, start one (a cold start) when there is not, keep it after the call for
-//! an idle period, and bound how many exist at once.
+//! an idle period, and bound what exists at once: instances on the node,
+//! instances of one function, and the memory of them all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faas_executor::{ExecutorError, Instance, InstanceSpec, Sandbox};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
@@ -21,30 +23,60 @@ pub struct PoolKey {
     pub version: u32,
 }
 
+/// What the pool may hold at once.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Instances on the node.
+    pub instances: usize,
+    /// Instances of one function (every version): no function can take the
+    /// whole node.
+    pub per_function: usize,
+    /// Memory of all instances together, MiB (each counts its limit).
+    pub memory_mb: u64,
+}
+
+/// The shares of the node's capacity one instance holds for its whole life.
+struct Permits {
+    _node: OwnedSemaphorePermit,
+    _function: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
+    /// Counts the instance for the pool's shutdown, which waits for it.
+    _live: TaskTrackerToken,
+}
+
 struct Idle {
     instance: Box<dyn Instance>,
     since: Instant,
     /// When it last proved alive (released, or answered a heartbeat).
     checked: Instant,
-    permit: OwnedSemaphorePermit,
+    permits: Permits,
 }
 
 /// How long the agent of an idle instance may take to answer a heartbeat.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per function: its share of the node, and a wake-up for callers waiting
+/// for one of its instances.
+struct FunctionShare {
+    slots: Arc<Semaphore>,
+    released: Arc<Notify>,
+}
 
 #[derive(Default)]
 struct State {
     idle: HashMap<PoolKey, Vec<Idle>>,
     busy: HashMap<PoolKey, usize>,
     /// Per function, the lowest version still wanted; `u32::MAX` once deleted.
+    /// It only ever rises.
     floor: HashMap<String, u32>,
+    functions: HashMap<String, FunctionShare>,
     closed: bool,
 }
 
 /// An instance lent to one invocation. Give it back with [`Pool::release`].
 pub struct Lease {
     instance: Box<dyn Instance>,
-    permit: OwnedSemaphorePermit,
+    permits: Permits,
     key: PoolKey,
     /// Whether the instance was started for this invocation.
     pub cold: bool,
@@ -62,8 +94,9 @@ impl Lease {
 /// Why no instance could be had.
 #[derive(Debug)]
 pub enum AcquireError {
-    /// Every slot is busy and none freed up in time.
-    Saturated(usize),
+    /// The node, or the function's share of it, is full and nothing freed
+    /// up in time; says which.
+    Saturated(String),
     /// The pool is shutting down.
     Closed,
     /// Starting the instance failed.
@@ -73,8 +106,9 @@ pub enum AcquireError {
 /// The instance pool.
 pub struct Pool {
     state: Mutex<State>,
-    slots: Arc<Semaphore>,
-    max_instances: usize,
+    node: Arc<Semaphore>,
+    memory: Arc<Semaphore>,
+    limits: PoolLimits,
     idle_timeout: Duration,
     heartbeat: Duration,
     metrics: Arc<Metrics>,
@@ -82,19 +116,21 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of at most `max_instances` live instances; an idle instance is
-    /// pinged every `heartbeat` and replaced when it does not answer (a hung
-    /// guest is found before a caller waits on it).
+    /// A pool within `limits`; an idle instance is pinged every `heartbeat`
+    /// and replaced when it does not answer (a hung guest is found before a
+    /// caller waits on it).
     pub fn new(
-        max_instances: usize,
+        limits: PoolLimits,
         idle_timeout: Duration,
         heartbeat: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Pool> {
+        let memory = limits.memory_mb.min(u64::from(u32::MAX)) as usize;
         let pool = Arc::new(Pool {
             state: Mutex::new(State::default()),
-            slots: Arc::new(Semaphore::new(max_instances)),
-            max_instances,
+            node: Arc::new(Semaphore::new(limits.instances)),
+            memory: Arc::new(Semaphore::new(memory)),
+            limits,
             idle_timeout,
             heartbeat,
             metrics,
@@ -117,32 +153,81 @@ impl Pool {
         pool
     }
 
-    /// Lend a warm instance of `key`, or start one in `sandbox` from `spec` within `wait`.
+    /// Lend a warm instance of `key`, or start one in `sandbox` from `spec`
+    /// (an instance of `memory_mb`) within `wait`.
     pub async fn acquire(
         &self,
         key: &PoolKey,
         sandbox: &dyn Sandbox,
         spec: impl FnOnce() -> InstanceSpec,
+        memory_mb: u32,
         wait: Duration,
     ) -> Result<Lease, AcquireError> {
-        if let Some(idle) = self.take_idle(key)? {
-            return Ok(Lease {
-                instance: idle.instance,
-                permit: idle.permit,
-                key: key.clone(),
-                cold: false,
-                start_time: Duration::ZERO,
-            });
-        }
-        let permit = self.slot(wait).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let function = loop {
+            let (slots, released) = {
+                let mut st = self.state.lock().expect("pool lock");
+                if let Some(idle) = self.take_idle(&mut st, key)? {
+                    return Ok(Lease {
+                        instance: idle.instance,
+                        permits: idle.permits,
+                        key: key.clone(),
+                        cold: false,
+                        start_time: Duration::ZERO,
+                    });
+                }
+                let share = st
+                    .functions
+                    .entry(key.function_id.clone())
+                    .or_insert_with(|| FunctionShare {
+                        slots: Arc::new(Semaphore::new(self.limits.per_function)),
+                        released: Arc::new(Notify::new()),
+                    });
+                (share.slots.clone(), share.released.clone())
+            };
+            // Registered before trying, so a release in between is not missed.
+            let notified = released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(permit) = slots.clone().try_acquire_owned() {
+                break permit;
+            }
+            // Every instance the function may have is busy: wait for one to
+            // come back (warm, or gone).
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(AcquireError::Saturated(format!(
+                    "all {} instances this function may have are busy",
+                    self.limits.per_function
+                )));
+            }
+        };
+        let (node, memory) = self.capacity(memory_mb, deadline).await?;
+        let permits = Permits {
+            _node: node,
+            _function: function,
+            _memory: memory,
+            _live: self.teardown.token(),
+        };
         let started = Instant::now();
-        let instance = sandbox.start(spec()).await.map_err(AcquireError::Start)?;
+        let instance = match sandbox.start(spec()).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.wake(&key.function_id);
+                return Err(AcquireError::Start(e));
+            }
+        };
         self.metrics.live_instances.inc();
         let mut st = self.state.lock().expect("pool lock");
+        if st.closed {
+            // Shutdown began while it started: it must not outlive the server.
+            drop(st);
+            self.destroy(instance, permits);
+            return Err(AcquireError::Closed);
+        }
         *st.busy.entry(key.clone()).or_default() += 1;
         Ok(Lease {
             instance,
-            permit,
+            permits,
             key: key.clone(),
             cold: true,
             start_time: started.elapsed(),
@@ -163,13 +248,14 @@ impl Pool {
             instance: lease.instance,
             since: now,
             checked: now,
-            permit: lease.permit,
+            permits: lease.permits,
         };
         self.keep_or_destroy(st, lease.key, idle, healthy);
     }
 
     /// Keep `idle` warm when it is healthy, of a wanted version and the pool is
-    /// open; destroy it otherwise.
+    /// open; destroy it otherwise. Either way a caller waiting for an instance
+    /// of the function may now find one.
     fn keep_or_destroy(
         &self,
         mut st: std::sync::MutexGuard<'_, State>,
@@ -181,12 +267,22 @@ impl Pool {
             .floor
             .get(&key.function_id)
             .is_none_or(|&floor| key.version >= floor);
+        let function = key.function_id.clone();
         if healthy && wanted && !st.closed {
             st.idle.entry(key).or_default().push(idle);
             self.metrics.warm_instances.inc();
+            drop(st);
         } else {
             drop(st);
-            self.destroy(idle.instance, idle.permit);
+            self.destroy(idle.instance, idle.permits);
+        }
+        self.wake(&function);
+    }
+
+    fn wake(&self, function_id: &str) {
+        let st = self.state.lock().expect("pool lock");
+        if let Some(share) = st.functions.get(function_id) {
+            share.released.notify_one();
         }
     }
 
@@ -237,14 +333,19 @@ impl Pool {
         }
     }
 
-    /// Stop keeping instances of `function_id` below `version` (`u32::MAX`: all of them).
+    /// Stop keeping instances of `function_id` below `version` (`u32::MAX`:
+    /// all of them, the function is gone). Idle ones go now, busy ones when
+    /// they come back. The floor never goes down: a deploy that finishes after
+    /// a newer one, or after a delete, cannot bring old instances back.
     pub fn retire(&self, function_id: &str, version: u32) {
         let mut st = self.state.lock().expect("pool lock");
-        st.floor.insert(function_id.to_string(), version);
+        let floor = st.floor.entry(function_id.to_string()).or_insert(0);
+        *floor = (*floor).max(version);
+        let floor = *floor;
         let stale: Vec<PoolKey> = st
             .idle
             .keys()
-            .filter(|k| k.function_id == function_id && k.version < version)
+            .filter(|k| k.function_id == function_id && k.version < floor)
             .cloned()
             .collect();
         let mut doomed = Vec::new();
@@ -254,7 +355,7 @@ impl Pool {
         drop(st);
         for idle in doomed {
             self.metrics.warm_instances.dec();
-            self.destroy(idle.instance, idle.permit);
+            self.destroy(idle.instance, idle.permits);
         }
     }
 
@@ -276,24 +377,27 @@ impl Pool {
         (idle, busy)
     }
 
-    /// Destroy every idle instance and refuse new work; waits until all
-    /// teardowns (including those of leases returned meanwhile) finished.
+    /// Destroy every idle instance and refuse new work; waits until every
+    /// instance is gone: busy ones as their invocations end, those still
+    /// starting as soon as they are up.
     pub async fn shutdown(&self) {
         let doomed: Vec<Idle> = {
             let mut st = self.state.lock().expect("pool lock");
             st.closed = true;
+            for share in st.functions.values() {
+                share.released.notify_waiters();
+            }
             st.idle.drain().flat_map(|(_, v)| v).collect()
         };
         for idle in doomed {
             self.metrics.warm_instances.dec();
-            self.destroy(idle.instance, idle.permit);
+            self.destroy(idle.instance, idle.permits);
         }
         self.teardown.close();
         self.teardown.wait().await;
     }
 
-    fn take_idle(&self, key: &PoolKey) -> Result<Option<Idle>, AcquireError> {
-        let mut st = self.state.lock().expect("pool lock");
+    fn take_idle(&self, st: &mut State, key: &PoolKey) -> Result<Option<Idle>, AcquireError> {
         if st.closed {
             return Err(AcquireError::Closed);
         }
@@ -306,46 +410,92 @@ impl Pool {
         Ok(idle)
     }
 
-    /// A free slot; when all are taken, evict the longest-idle instance of any
-    /// function, else wait for a busy one to come back.
-    async fn slot(&self, wait: Duration) -> Result<OwnedSemaphorePermit, AcquireError> {
+    /// A node slot and `memory_mb` of the memory budget; while either is
+    /// short, evict the longest-idle instance of any function, else wait for
+    /// a busy one to end (until `deadline`).
+    async fn capacity(
+        &self,
+        memory_mb: u32,
+        deadline: tokio::time::Instant,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), AcquireError> {
+        if u64::from(memory_mb) > self.limits.memory_mb {
+            return Err(AcquireError::Saturated(format!(
+                "an instance of {memory_mb} MiB exceeds the node's {} MiB budget",
+                self.limits.memory_mb
+            )));
+        }
+        let mut node = None;
+        let mut memory = None;
         loop {
-            if let Ok(p) = self.slots.clone().try_acquire_owned() {
-                return Ok(p);
+            if node.is_none() {
+                node = self.node.clone().try_acquire_owned().ok();
             }
-            let victim = {
-                let mut st = self.state.lock().expect("pool lock");
-                let oldest = st
-                    .idle
-                    .iter()
-                    .filter_map(|(k, v)| v.first().map(|i| (k.clone(), i.since)))
-                    .min_by_key(|(_, since)| *since)
-                    .map(|(k, _)| k);
-                oldest.map(|k| {
-                    let list = st.idle.get_mut(&k).expect("present");
-                    let victim = list.remove(0);
-                    if list.is_empty() {
-                        st.idle.remove(&k);
-                    }
-                    victim
-                })
+            if memory.is_none() {
+                memory = self.memory.clone().try_acquire_many_owned(memory_mb).ok();
+            }
+            if let (Some(_), Some(_)) = (&node, &memory) {
+                return Ok((node.expect("checked"), memory.expect("checked")));
+            }
+            if self.evict_one() {
+                continue;
+            }
+            // Nothing idle to make room: wait for a busy instance to end.
+            let waited = if node.is_none() {
+                tokio::time::timeout_at(deadline, self.node.clone().acquire_owned())
+                    .await
+                    .map(|r| r.map(|p| node = Some(p)))
+            } else {
+                tokio::time::timeout_at(deadline, self.memory.clone().acquire_many_owned(memory_mb))
+                    .await
+                    .map(|r| r.map(|p| memory = Some(p)))
             };
-            match victim {
-                Some(idle) => {
-                    self.metrics.warm_instances.dec();
-                    // Its permit returns at once; the teardown continues in the background.
-                    self.destroy(idle.instance, idle.permit);
+            match waited {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(AcquireError::Closed),
+                Err(_) if node.is_none() => {
+                    return Err(AcquireError::Saturated(format!(
+                        "all {} instance slots of this node are busy",
+                        self.limits.instances
+                    )))
                 }
-                None => {
-                    return match tokio::time::timeout(wait, self.slots.clone().acquire_owned())
-                        .await
-                    {
-                        Ok(Ok(p)) => Ok(p),
-                        Ok(Err(_)) => Err(AcquireError::Closed),
-                        Err(_) => Err(AcquireError::Saturated(self.max_instances)),
-                    };
+                Err(_) => {
+                    return Err(AcquireError::Saturated(format!(
+                        "the node's {} MiB of instance memory is in use",
+                        self.limits.memory_mb
+                    )))
                 }
             }
+        }
+    }
+
+    /// Destroy the longest-idle instance of any function; false when none is idle.
+    fn evict_one(&self) -> bool {
+        let victim = {
+            let mut st = self.state.lock().expect("pool lock");
+            let oldest = st
+                .idle
+                .iter()
+                .filter_map(|(k, v)| v.first().map(|i| (k.clone(), i.since)))
+                .min_by_key(|(_, since)| *since)
+                .map(|(k, _)| k);
+            oldest.map(|k| {
+                let list = st.idle.get_mut(&k).expect("present");
+                let victim = list.remove(0);
+                if list.is_empty() {
+                    st.idle.remove(&k);
+                }
+                (k, victim)
+            })
+        };
+        match victim {
+            Some((key, idle)) => {
+                self.metrics.warm_instances.dec();
+                // Its permits return at once; the teardown continues in the background.
+                self.destroy(idle.instance, idle.permits);
+                self.wake(&key.function_id);
+                true
+            }
+            None => false,
         }
     }
 
@@ -365,16 +515,25 @@ impl Pool {
         }
         for idle in expired {
             self.metrics.warm_instances.dec();
-            self.destroy(idle.instance, idle.permit);
+            self.destroy(idle.instance, idle.permits);
         }
     }
 
-    fn destroy(&self, instance: Box<dyn Instance>, permit: OwnedSemaphorePermit) {
-        drop(permit);
+    fn destroy(&self, instance: Box<dyn Instance>, permits: Permits) {
+        let Permits {
+            _node,
+            _function,
+            _memory,
+            _live,
+        } = permits;
+        // The capacity returns at once; the instance counts as live for the
+        // shutdown until its teardown ends.
+        drop((_node, _function, _memory));
         let metrics = self.metrics.clone();
         self.teardown.spawn(async move {
             instance.destroy().await;
             metrics.live_instances.dec();
+            drop(_live);
         });
     }
 }

@@ -3,6 +3,8 @@
 //! One connection behind a mutex, used from `spawn_blocking`: SQLite serialises
 //! writers anyway, and the statements here take microseconds.
 
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +16,9 @@ use crate::OrchestratorError;
 
 /// How many invocation records are kept per function.
 const KEEP_INVOCATIONS: i64 = 200;
+/// How many versions are kept per function (the newest); older ones, and the
+/// code and dependency layers only they used, go.
+const KEEP_VERSIONS: i64 = 5;
 
 /// One version of a function as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +26,9 @@ pub struct FunctionVersion {
     /// Everything the API shows.
     #[serde(flatten)]
     pub info: FunctionInfo,
+    /// SHA-256 key of the stored code tree (never shown by the API: it names
+    /// a host directory).
+    pub code_sha256: String,
     /// SHA-256 key of the installed dependency layer, if any.
     pub deps_sha256: Option<String>,
 }
@@ -46,6 +54,10 @@ impl Store {
     /// Open (or create) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, OrchestratorError> {
         let conn = Connection::open(path)?;
+        // Function definitions (their environment included) are nobody else's
+        // business; SQLite gives its WAL files the same mode.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| OrchestratorError::Internal(format!("chmod {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -128,6 +140,10 @@ impl Store {
             tx.execute(
                 "INSERT INTO versions (function_id, version, spec) VALUES (?1, ?2, ?3)",
                 params![id, version, serde_json::to_string(&record)?],
+            )?;
+            tx.execute(
+                "DELETE FROM versions WHERE function_id = ?1 AND version <= ?2",
+                params![id, i64::from(version) - KEEP_VERSIONS],
             )?;
             tx.commit()?;
             Ok(record)
@@ -289,23 +305,49 @@ impl Store {
         .await
     }
 
-    /// The newest `limit` invocation records of a function.
+    /// Up to `limit` invocation records of a function older than `before`
+    /// (a sequence number; `None`: the newest), newest first, with their
+    /// sequence numbers.
     pub async fn invocations(
         &self,
         function_id: &str,
         limit: usize,
-    ) -> Result<Vec<InvocationRecord>, OrchestratorError> {
+        before: Option<i64>,
+    ) -> Result<Vec<(i64, InvocationRecord)>, OrchestratorError> {
         let id = function_id.to_string();
         self.with(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT record FROM invocations WHERE function_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                "SELECT seq, record FROM invocations WHERE function_id = ?1 AND seq < ?3
+                 ORDER BY seq DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![id, limit as i64], |r| r.get::<_, String>(0))?;
+            let rows = stmt
+                .query_map(params![id, limit as i64, before.unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?;
             let mut out = Vec::new();
             for row in rows {
-                out.push(serde_json::from_str(&row?)?);
+                let (seq, record) = row?;
+                out.push((seq, serde_json::from_str(&record)?));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Every code tree and dependency layer some stored version uses.
+    pub async fn referenced(
+        &self,
+    ) -> Result<(HashSet<String>, HashSet<String>), OrchestratorError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT spec FROM versions")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let (mut code, mut deps) = (HashSet::new(), HashSet::new());
+            for row in rows {
+                let v: FunctionVersion = serde_json::from_str(&row?)?;
+                code.insert(v.code_sha256);
+                deps.extend(v.deps_sha256);
+            }
+            Ok((code, deps))
         })
         .await
     }

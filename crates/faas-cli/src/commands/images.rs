@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use faas_common::Language;
-use faas_images::ImageStore;
+use faas_images::{ImageKind, ImageStore};
 
 /// Image commands.
 #[derive(Subcommand)]
 pub enum ImagesCommand {
-    /// Build (or confirm cached) runtime root filesystems.
+    /// Build (or confirm cached) runtime root filesystems and the images
+    /// dependency installers run in.
     Build(BuildArgs),
 }
 
@@ -55,7 +56,7 @@ pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
     if args.prune && languages.len() != Language::IMAGES.len() {
         bail!("--prune needs every language built (give none, or all)");
     }
-    let agent = crate::config::agent_path(args.agent_path)?;
+    let agent = faas_platform::agent_path(args.agent_path)?;
     let mut keep = Vec::new();
     let store = ImageStore::new(&dir);
     for lang in languages {
@@ -66,6 +67,20 @@ pub async fn run(cmd: ImagesCommand) -> Result<ExitCode> {
             .with_context(|| format!("cannot build the {lang} image"))?;
         println!("{lang}\t{}\t{}", image.hash, image.rootfs.display());
         keep.extend(image.rootfs.parent().map(Path::to_path_buf));
+        if lang != Language::Shell {
+            // The image its dependency installer runs in.
+            let builder = store
+                .ensure_kind(ImageKind::Builder(lang), &agent, args.force, &progress)
+                .await
+                .with_context(|| format!("cannot build the {lang} builder image"))?;
+            println!(
+                "{}\t{}\t{}",
+                builder.kind,
+                builder.hash,
+                builder.rootfs.display()
+            );
+            keep.extend(builder.rootfs.parent().map(Path::to_path_buf));
+        }
         if args.microvm {
             let disk = store
                 .ensure_guest_disk(&image, args.force, &progress)

@@ -4,6 +4,10 @@
 //!
 //! Every container carries the labels `faas.managed=true` and
 //! `faas.owner=<owner>`; a server removes its own leftovers at start.
+//!
+//! Docker maps user namespaces per daemon, not per container, so each
+//! container runs directly as a host uid of its own range ([`crate::ids`]),
+//! under the same seccomp allowlist as every other sandbox kind.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,16 +21,18 @@ use bollard::query_parameters::{
     RemoveContainerOptions,
 };
 use bollard::Docker;
+use faas_common::contract::{
+    AGENT_PATH, AGENT_SOCKET_NAME, FUNCTION_UID, GUEST_CODE_DIR, GUEST_DEPS_DIR, GUEST_SOCKET_DIR,
+};
 use faas_common::Language;
 use futures_util::StreamExt;
-use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+use crate::ids::{HostIds, IdSlot};
 use crate::instance::{AgentInstance, Backend};
-use crate::native::spec::{AGENT_SOCKET, GUEST_SOCKET_DIR};
-use crate::{
-    ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox, GUEST_CODE_DIR, GUEST_DEPS_DIR,
-};
+use crate::native::cgroup::Freezer;
+use crate::socket::AgentListener;
+use crate::{ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox};
 
 /// Label on every container we create.
 pub const LABEL_MANAGED: &str = "faas.managed";
@@ -42,8 +48,8 @@ pub struct DockerConfig {
     pub instances_dir: PathBuf,
     /// Value of the `faas.owner` label: which server's containers are whose.
     pub owner: String,
-    /// uid and gid functions run as.
-    pub sandbox_uid: u32,
+    /// Host id ranges, one per container.
+    pub host_ids: HostIds,
     /// Most processes per container.
     pub pids_limit: i64,
     /// CPUs per container (`--cpus`).
@@ -60,7 +66,7 @@ impl Default for DockerConfig {
             host: None,
             instances_dir: PathBuf::from("/run/faas/docker"),
             owner: "default".into(),
-            sandbox_uid: 1000,
+            host_ids: HostIds::default(),
             pids_limit: 128,
             cpus: 1.0,
             tmp_mb: 64,
@@ -159,7 +165,7 @@ impl DockerSandbox {
     fn host_config(&self, spec: &InstanceSpec, socket_dir: &Path) -> HostConfig {
         let memory = i64::from(spec.memory_mb) * 1024 * 1024;
         let tmp_mb = self.config.tmp_mb.min(spec.memory_mb);
-        let mut binds = vec![format!("{}:{GUEST_SOCKET_DIR}:rw", socket_dir.display())];
+        let mut binds = vec![format!("{}:{GUEST_SOCKET_DIR}:ro", socket_dir.display())];
         if let Some(code) = &spec.code_dir {
             binds.push(format!("{}:{GUEST_CODE_DIR}:ro", code.display()));
         }
@@ -179,8 +185,10 @@ impl DockerSandbox {
                 format!("rw,nosuid,nodev,size={tmp_mb}m,mode=1777"),
             )])),
             cap_drop: Some(vec!["ALL".into()]),
-            // Docker's default seccomp profile stays in force; no-new-privileges on top.
-            security_opt: Some(vec!["no-new-privileges".into()]),
+            security_opt: Some(vec![
+                "no-new-privileges".into(),
+                format!("seccomp={}", faas_common::sandbox::oci_profile()),
+            ]),
             binds: Some(binds),
             // The agent reaps orphans itself as PID 1.
             init: Some(false),
@@ -207,9 +215,13 @@ impl Sandbox for DockerSandbox {
             created: false,
             done: false,
             orphans: self.orphans.clone(),
+            freezer: None,
+            ids: None,
         };
+        let ids = backend.ids.insert(self.config.host_ids.allocate()?);
+        let uid = ids.host_base() + FUNCTION_UID;
         let socket_dir = dir.join("sock");
-        crate::make_socket_dir(&socket_dir, self.config.sandbox_uid).await?;
+        let listener = AgentListener::bind(&socket_dir, uid).await?;
         let env: Vec<String> = crate::base_env()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -217,11 +229,11 @@ impl Sandbox for DockerSandbox {
         let config = ContainerCreateBody {
             image: Some(tag.clone()),
             cmd: Some(vec![
-                "/opt/faas/bin/faas-guest-agent".to_string(),
-                "--listen".into(),
-                format!("unix:{GUEST_SOCKET_DIR}/{AGENT_SOCKET}"),
+                AGENT_PATH.to_string(),
+                "--connect".into(),
+                format!("unix:{GUEST_SOCKET_DIR}/{AGENT_SOCKET_NAME}"),
             ]),
-            user: Some(format!("{0}:{0}", self.config.sandbox_uid)),
+            user: Some(format!("{uid}:{uid}")),
             env: Some(env),
             working_dir: Some("/tmp".into()),
             hostname: Some("faas".into()),
@@ -264,19 +276,43 @@ impl Sandbox for DockerSandbox {
             backend.destroy().await;
             return Err(daemon_error(e));
         }
-        let stream = match wait_for_agent(
-            &mut backend,
-            &socket_dir.join(AGENT_SOCKET),
-            self.config.start_timeout,
-        )
-        .await
-        {
+        let docker = self.docker.clone();
+        let watched = name.clone();
+        let exited = async move {
+            // The container's end, as Docker reports it.
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match docker.inspect_container(&watched, None).await {
+                    Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {}
+                    _ => return "the container stopped".to_string(),
+                }
+            }
+        };
+        let accepted = listener
+            .accept(self.config.start_timeout, exited, || {
+                backend.diagnose_owned()
+            })
+            .await;
+        let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
+                let e = match e {
+                    ExecutorError::Start(m) if m.contains("exited") => {
+                        ExecutorError::Start(format!("{m}; {}", backend.diagnose().await))
+                    }
+                    other => other,
+                };
                 backend.destroy().await;
                 return Err(e);
             }
         };
+        backend.freezer = self
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .ok()
+            .and_then(|c| c.state?.pid)
+            .and_then(|pid| Freezer::for_pid(u32::try_from(pid).ok()?));
         let instance = AgentInstance::start(
             backend,
             stream,
@@ -373,38 +409,6 @@ async fn import(
     Ok(())
 }
 
-/// Connect to the agent once it listens; fail early if the container exits.
-async fn wait_for_agent(
-    backend: &mut DockerBackend,
-    socket: &Path,
-    timeout: Duration,
-) -> Result<UnixStream, ExecutorError> {
-    let deadline = Instant::now() + timeout;
-    let mut next_check = Instant::now() + Duration::from_millis(100);
-    loop {
-        if let Ok(stream) = UnixStream::connect(socket).await {
-            return Ok(stream);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ExecutorError::Start(format!(
-                "agent not ready after {timeout:?}: {}",
-                backend.diagnose().await
-            )));
-        }
-        if now >= next_check {
-            next_check = now + Duration::from_millis(100);
-            if !backend.running().await {
-                return Err(ExecutorError::Start(format!(
-                    "container exited during start: {}",
-                    backend.diagnose().await
-                )));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
-}
-
 fn force() -> RemoveContainerOptions {
     RemoveContainerOptions {
         force: true,
@@ -425,14 +429,16 @@ pub struct DockerBackend {
     created: bool,
     done: bool,
     orphans: Orphans,
+    freezer: Option<Freezer>,
+    /// The container's host ids, free again once it is removed.
+    ids: Option<IdSlot>,
 }
 
 impl DockerBackend {
-    async fn running(&self) -> bool {
-        match self.docker.inspect_container(&self.name, None).await {
-            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
-            Err(_) => false,
-        }
+    /// [`Backend::diagnose`] without borrowing the backend.
+    fn diagnose_owned(&self) -> impl std::future::Future<Output = String> + 'static {
+        let (docker, name) = (self.docker.clone(), self.name.clone());
+        async move { diagnose(&docker, &name).await }
     }
 }
 
@@ -450,42 +456,20 @@ impl Backend for DockerBackend {
     }
 
     async fn diagnose(&mut self) -> String {
-        let state = match self.docker.inspect_container(&self.name, None).await {
-            Ok(c) => match c.state {
-                Some(s) if s.running == Some(true) => "container running".to_string(),
-                Some(s) => format!(
-                    "container exited with code {}{}",
-                    s.exit_code.unwrap_or_default(),
-                    s.error
-                        .filter(|e| !e.is_empty())
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                ),
-                None => "container state unknown".into(),
-            },
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => "container was removed".into(),
-            Err(e) => format!("docker: {e}"),
-        };
-        let mut logs = self.docker.logs(
-            &self.name,
-            Some(LogsOptions {
-                stdout: true,
-                stderr: true,
-                tail: "10".into(),
-                ..Default::default()
-            }),
-        );
-        let mut tail = String::new();
-        while let Some(Ok(line)) = logs.next().await {
-            tail.push_str(line.to_string().trim_end());
-            tail.push_str(" | ");
+        diagnose(&self.docker, &self.name).await
+    }
+
+    async fn freeze(&mut self) -> Result<(), ExecutorError> {
+        match &self.freezer {
+            Some(f) => f.freeze().map_err(ExecutorError::io("freeze container")),
+            None => Ok(()),
         }
-        if tail.is_empty() {
-            state
-        } else {
-            format!("{state}; output: {}", tail.trim_end_matches(" | "))
+    }
+
+    async fn thaw(&mut self) -> Result<(), ExecutorError> {
+        match &self.freezer {
+            Some(f) => f.thaw().map_err(ExecutorError::io("thaw container")),
+            None => Ok(()),
         }
     }
 
@@ -516,6 +500,48 @@ impl Backend for DockerBackend {
             }
         }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        self.ids = None;
+    }
+}
+
+/// What Docker says about container `name`: its state and last output lines.
+async fn diagnose(docker: &Docker, name: &str) -> String {
+    let state = match docker.inspect_container(name, None).await {
+        Ok(c) => match c.state {
+            Some(s) if s.running == Some(true) => "container running".to_string(),
+            Some(s) => format!(
+                "container exited with code {}{}",
+                s.exit_code.unwrap_or_default(),
+                s.error
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            None => "container state unknown".into(),
+        },
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => "container was removed".into(),
+        Err(e) => format!("docker: {e}"),
+    };
+    let mut logs = docker.logs(
+        name,
+        Some(LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: "10".into(),
+            ..Default::default()
+        }),
+    );
+    let mut tail = String::new();
+    while let Some(Ok(line)) = logs.next().await {
+        tail.push_str(line.to_string().trim_end());
+        tail.push_str(" | ");
+    }
+    if tail.is_empty() {
+        state
+    } else {
+        format!("{state}; output: {}", tail.trim_end_matches(" | "))
     }
 }
 
@@ -524,11 +550,12 @@ impl Drop for DockerBackend {
         if self.done {
             return;
         }
-        let (docker, name, dir, created) = (
+        let (docker, name, dir, created, ids) = (
             self.docker.clone(),
             self.name.clone(),
             self.dir.clone(),
             self.created,
+            self.ids.take(),
         );
         // Drop cannot await; hand the removal to the runtime if there is one.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -537,6 +564,7 @@ impl Drop for DockerBackend {
                     let _ = docker.remove_container(&name, Some(force())).await;
                 }
                 let _ = tokio::fs::remove_dir_all(&dir).await;
+                drop(ids);
             });
         } else {
             let _ = std::fs::remove_dir_all(&dir);

@@ -1,5 +1,8 @@
-//! Where an instance's memory cgroup lives, to tell an out-of-memory kill
-//! apart from any other crash.
+//! The host's cgroups as the native sandbox uses them: where an instance's
+//! memory cgroup lives (to tell an out-of-memory kill from any other crash),
+//! its freezer (an idle instance is frozen, so nothing it left running uses
+//! CPU between invocations), the limits on the parent of every instance, and
+//! sweeping what a killed `runc` left behind.
 
 use std::path::{Path, PathBuf};
 
@@ -100,6 +103,204 @@ impl CgroupLayout {
     }
 }
 
+/// The freeze switch of one cgroup: cgroup v1's `freezer.state` or v2's
+/// `cgroup.freeze`.
+#[derive(Debug, Clone)]
+pub struct Freezer {
+    file: PathBuf,
+    v1: bool,
+}
+
+impl Freezer {
+    /// The freezer of cgroup `path` (`/<parent>/<id>`), if this host has one.
+    pub fn for_cgroup(path: &str) -> Option<Freezer> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::from_mountinfo(&info, path)
+    }
+
+    /// The freezer of the cgroup a process (`pid`) is in: for containers
+    /// whose cgroup someone else (Docker) named.
+    pub fn for_pid(pid: u32) -> Option<Freezer> {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // v1 lines: `N:freezer:/path`; the v2 line: `0::/path`.
+        let v1 = cgroups.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            ctrl.split(',')
+                .any(|c| c == "freezer")
+                .then(|| path.to_string())
+        });
+        let v2 = cgroups
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_string));
+        match (v1, v2) {
+            (Some(p), _) => Self::from_mountinfo(&info, &p).filter(|f| f.v1),
+            (None, Some(p)) => Self::from_mountinfo(&info, &p),
+            _ => None,
+        }
+    }
+
+    fn from_mountinfo(info: &str, path: &str) -> Option<Freezer> {
+        let rel = path.trim_start_matches('/');
+        let mut v2 = None;
+        for line in info.lines() {
+            let (pre, post) = line.split_once(" - ")?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            let mut post = post.split_whitespace();
+            let fstype = post.next().unwrap_or_default();
+            let options = post.nth(1).unwrap_or_default();
+            if fstype == "cgroup" && options.split(',').any(|o| o == "freezer") {
+                return Some(Freezer {
+                    file: Path::new(mount_point).join(rel).join("freezer.state"),
+                    v1: true,
+                });
+            }
+            if fstype == "cgroup2" && v2.is_none() {
+                v2 = Some(Freezer {
+                    file: Path::new(mount_point).join(rel).join("cgroup.freeze"),
+                    v1: false,
+                });
+            }
+        }
+        v2.filter(|f| f.file.exists())
+    }
+
+    /// Stop every process of the cgroup where it stands.
+    pub fn freeze(&self) -> std::io::Result<()> {
+        std::fs::write(&self.file, if self.v1 { "FROZEN" } else { "1" })
+    }
+
+    /// Let them run again.
+    pub fn thaw(&self) -> std::io::Result<()> {
+        std::fs::write(&self.file, if self.v1 { "THAWED" } else { "0" })
+    }
+}
+
+/// Limits on the parent of every instance: together, instances can never take
+/// the host's last memory, processes or CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentLimits {
+    /// Memory (and memory+swap where accounted) of all instances together.
+    pub memory_bytes: u64,
+    /// Processes and threads of all instances together.
+    pub pids: u64,
+    /// CPU weight against the host's other work (v1 `cpu.shares`, 1024 = equal).
+    pub cpu_shares: u64,
+}
+
+/// Create the parent cgroup `parent` in every hierarchy that limits one of
+/// `limits` and set them. On a v1 (or hybrid) host these are the memory, pids
+/// and cpu hierarchies; on a pure v2 host, the unified one where those
+/// controllers are enabled.
+pub fn limit_parent(parent: &str, limits: ParentLimits) -> std::io::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let rel = parent.trim_matches('/');
+    for (mount_point, fstype, options) in mounts(&info) {
+        let dir = mount_point.join(rel);
+        let has = |c: &str| options.split(',').any(|o| o == c);
+        let writes: Vec<(&str, String)> = if fstype == "cgroup" {
+            let mut w = Vec::new();
+            if has("memory") {
+                w.push(("memory.limit_in_bytes", limits.memory_bytes.to_string()));
+                if mount_point.join("memory.memsw.limit_in_bytes").exists() {
+                    w.push((
+                        "memory.memsw.limit_in_bytes",
+                        limits.memory_bytes.to_string(),
+                    ));
+                }
+            }
+            if has("pids") {
+                w.push(("pids.max", limits.pids.to_string()));
+            }
+            if has("cpu") {
+                w.push(("cpu.shares", limits.cpu_shares.to_string()));
+            }
+            w
+        } else {
+            let controllers =
+                std::fs::read_to_string(mount_point.join("cgroup.controllers")).unwrap_or_default();
+            let on = |c: &str| controllers.split_whitespace().any(|x| x == c);
+            let mut w = Vec::new();
+            if on("memory") {
+                w.push(("memory.max", limits.memory_bytes.to_string()));
+                w.push(("memory.swap.max", "0".to_string()));
+            }
+            if on("pids") {
+                w.push(("pids.max", limits.pids.to_string()));
+            }
+            if on("cpu") {
+                // v2 weights are 1..10000 with 100 as the default.
+                w.push((
+                    "cpu.weight",
+                    (limits.cpu_shares * 100 / 1024).max(1).to_string(),
+                ));
+            }
+            w
+        };
+        if writes.is_empty() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir)?;
+        // memsw must stay >= memory at every moment: raising the limits needs
+        // memsw first, lowering them memory first. Writing memory, memsw, then
+        // memory again gets there from either side.
+        let v1_memory = fstype == "cgroup" && has("memory");
+        for (file, value) in &writes {
+            if let Err(e) = std::fs::write(dir.join(file), value) {
+                // The v1 memory pair is settled by the last write below.
+                if !(v1_memory && file.starts_with("memory.")) {
+                    return Err(std::io::Error::new(e.kind(), format!("{file}: {e}")));
+                }
+            }
+        }
+        if v1_memory {
+            std::fs::write(
+                dir.join("memory.limit_in_bytes"),
+                limits.memory_bytes.to_string(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove every instance cgroup (`faas-*`) under `parent` in every hierarchy,
+/// killing what still runs in one first. `runc delete` removes the cgroups of
+/// containers it knows; a `runc run` killed while creating its container
+/// leaves them behind, unknown to runc. Returns how many were removed.
+pub fn sweep_children(parent: &str) -> usize {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut removed = 0;
+    for root in hierarchies(&info) {
+        let dir = root.join(parent.trim_matches('/'));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("faas-") || !entry.path().is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    // SAFETY: plain kill(2) of a process in our own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            // A killed process leaves its cgroup a moment later.
+            for _ in 0..50 {
+                if std::fs::remove_dir(&path).is_ok() {
+                    removed += 1;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    removed
+}
+
 /// Remove the (empty) parent cgroup `parent` and its ancestors below the root,
 /// in every mounted hierarchy. runc deletes an instance's own cgroup but creates,
 /// and never removes, the parents on its path; a parent still holding instances
@@ -121,12 +322,25 @@ pub fn remove_parent(parent: &str) {
 
 /// Mount points of every cgroup (v1 and v2) hierarchy in `mountinfo`.
 fn hierarchies(info: &str) -> Vec<PathBuf> {
+    mounts(info).into_iter().map(|(p, _, _)| p).collect()
+}
+
+/// (mount point, fstype, super options) of every cgroup hierarchy.
+fn mounts(info: &str) -> Vec<(PathBuf, String, String)> {
     info.lines()
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
+            let mut post = post.split_whitespace();
+            let fstype = post.next()?;
+            let options = post.nth(1).unwrap_or_default();
             let mount_point = pre.split_whitespace().nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| {
+                (
+                    PathBuf::from(mount_point),
+                    fstype.to_string(),
+                    options.to_string(),
+                )
+            })
         })
         .collect()
 }
@@ -170,6 +384,18 @@ mod tests {
                 .map(|c| PathBuf::from("/sys/fs/cgroup").join(c))
                 .to_vec()
         );
+    }
+
+    #[test]
+    fn finds_the_v1_freezer() {
+        let info = "35 25 0:30 / /sys/fs/cgroup/freezer rw shared:15 - cgroup cgroup rw,freezer\n\
+                    37 25 0:32 / /sys/fs/cgroup/unified rw shared:17 - cgroup2 cgroup2 rw\n";
+        let f = Freezer::from_mountinfo(info, "/faas/faas-1").unwrap();
+        assert_eq!(
+            f.file,
+            PathBuf::from("/sys/fs/cgroup/freezer/faas/faas-1/freezer.state")
+        );
+        assert!(f.v1);
     }
 
     #[test]

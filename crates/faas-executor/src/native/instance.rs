@@ -8,17 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-use super::cgroup::CgroupLayout;
-use super::spec::{self, InstanceMounts, AGENT_SOCKET};
+use super::cgroup::{CgroupLayout, Freezer};
+use super::spec::{self, InstanceIds, InstanceMounts};
 use super::NativeConfig;
+use crate::ids::IdSlot;
 use crate::instance::{AgentInstance, Backend};
+use crate::socket::AgentListener;
 use crate::{ExecutorError, InstanceSpec};
 
-/// Line the agent prints once its socket is listening.
-const READY_LINE: &str = "FAAS_AGENT_READY";
 /// Lines of runc/agent stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
 
@@ -26,17 +25,33 @@ const STDERR_TAIL: usize = 20;
 /// the container), its runc state, its cgroups (runc removes them on delete) and
 /// its bundle directory. Dropping it without [`InstanceGuard::destroy`] still
 /// cleans up, from a background thread.
-struct InstanceGuard {
+pub(super) struct InstanceGuard {
     id: String,
     dir: PathBuf,
     runc: PathBuf,
     state_dir: PathBuf,
-    child: Option<Child>,
+    pub(super) child: Option<Child>,
+    /// The instance's host ids: free again only once nothing runs under them.
+    pub(super) ids: Option<IdSlot>,
     done: bool,
 }
 
 impl InstanceGuard {
-    async fn destroy(&mut self) {
+    /// A guard for container `id` of bundle `dir`, created before either exists.
+    pub(super) fn new(id: &str, dir: &Path, config: &NativeConfig) -> Self {
+        InstanceGuard {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            runc: config.runc.clone(),
+            state_dir: config.state_dir.clone(),
+            child: None,
+            ids: None,
+            done: false,
+        }
+    }
+
+    /// Remove the container, its bundle directory, and release its ids.
+    pub(super) async fn destroy(&mut self) {
         if self.done {
             return;
         }
@@ -59,6 +74,7 @@ impl InstanceGuard {
             }
         }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        self.ids = None;
     }
 }
 
@@ -74,6 +90,7 @@ impl Drop for InstanceGuard {
             self.dir.clone(),
         );
         let child = self.child.take();
+        let ids = self.ids.take();
         // Drop cannot await; a plain thread keeps this off the async runtime.
         std::thread::spawn(move || {
             let _ = std::process::Command::new(&runc)
@@ -85,15 +102,18 @@ impl Drop for InstanceGuard {
                 .status();
             drop(child); // kill_on_drop reaps the runc process
             let _ = std::fs::remove_dir_all(&dir);
+            drop(ids);
         });
     }
 }
 
-/// The native side of an instance: its guard, and its memory cgroup for OOM checks.
+/// The native side of an instance: its guard, its host id range, its memory
+/// cgroup for OOM checks and its freezer.
 pub struct NativeBackend {
     guard: InstanceGuard,
     cgroups: CgroupLayout,
     memory_dir: Option<PathBuf>,
+    freezer: Option<Freezer>,
     oom_seen: u64,
     limit_hits_seen: u64,
     stderr: Arc<Mutex<VecDeque<String>>>,
@@ -109,20 +129,11 @@ pub(super) async fn start(
     let id = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let dir = config.instances_dir.join(&id);
     // The guard exists before anything is created, so every early return cleans up.
-    let mut guard = InstanceGuard {
-        id: id.clone(),
-        dir: dir.clone(),
-        runc: config.runc.clone(),
-        state_dir: config.state_dir.clone(),
-        child: None,
-        done: false,
-    };
+    let mut guard = InstanceGuard::new(&id, &dir, config);
+    let ids = guard.ids.insert(config.host_ids.allocate()?);
+    let (host_base, host_uid) = (ids.host_base(), ids.sandbox_host_uid());
     let socket_dir = dir.join("sock");
-    crate::make_socket_dir(
-        &socket_dir,
-        config.userns_base.unwrap_or(0) + config.sandbox_uid,
-    )
-    .await?;
+    let listener = AgentListener::bind(&socket_dir, host_uid).await?;
 
     let oci = spec::build(
         config,
@@ -133,6 +144,10 @@ pub(super) async fn start(
             socket_dir: &socket_dir,
             code_dir: spec.code_dir.as_deref(),
             deps_dir: spec.deps_dir.as_deref(),
+        },
+        InstanceIds {
+            host_base,
+            user_namespace: config.user_namespace,
         },
     )?;
     let json = serde_json::to_vec(&oci)
@@ -155,37 +170,29 @@ pub(super) async fn start(
         .map_err(|e| ExecutorError::Start(format!("cannot run {}: {e}", config.runc.display())))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr_pipe = child.stderr.take().expect("piped");
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel::<()>();
     guard.child = Some(child);
     let stderr = Arc::new(Mutex::new(VecDeque::new()));
     tokio::spawn(keep_tail(stderr_pipe, stderr.clone()));
 
-    let ready = tokio::time::timeout(config.start_timeout, wait_ready(stdout)).await;
-    let tail = || stderr_tail(&stderr);
-    match ready {
-        Ok(true) => {}
-        Ok(false) => {
-            // runc exited before the agent came up: give stderr a moment to arrive.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            return Err(ExecutorError::Start(format!(
-                "sandbox exited during start: {}",
-                tail()
-            )));
-        }
-        Err(_) => {
-            return Err(ExecutorError::Start(format!(
-                "agent not ready after {:?}: {}",
-                config.start_timeout,
-                tail()
-            )))
-        }
-    }
-    let stream = UnixStream::connect(socket_dir.join(AGENT_SOCKET))
-        .await
-        .map_err(ExecutorError::io("connect to agent"))?;
+    tokio::spawn(drain(stdout, exited_tx));
+    let exited = async {
+        let _ = exited_rx.await;
+        // runc exited before the agent connected: give stderr a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stderr_tail(&stderr)
+    };
+    let stream = listener
+        .accept(config.start_timeout, exited, || async {
+            stderr_tail(&stderr)
+        })
+        .await?;
+    let cgroup = format!("/{}/{}", config.cgroup_parent, id);
     let backend = NativeBackend {
         guard,
         cgroups: cgroups.clone(),
-        memory_dir: cgroups.memory_dir(&format!("/{}/{}", config.cgroup_parent, id)),
+        memory_dir: cgroups.memory_dir(&cgroup),
+        freezer: Freezer::for_cgroup(&cgroup),
         oom_seen: 0,
         limit_hits_seen: 0,
         stderr,
@@ -230,24 +237,36 @@ impl Backend for NativeBackend {
         stderr_tail(&self.stderr)
     }
 
+    async fn freeze(&mut self) -> Result<(), ExecutorError> {
+        match &self.freezer {
+            Some(f) => f.freeze().map_err(ExecutorError::io("freeze instance")),
+            None => Ok(()),
+        }
+    }
+
+    async fn thaw(&mut self) -> Result<(), ExecutorError> {
+        match &self.freezer {
+            Some(f) => f.thaw().map_err(ExecutorError::io("thaw instance")),
+            None => Ok(()),
+        }
+    }
+
     async fn destroy(&mut self) {
         self.guard.destroy().await;
     }
 }
 
-async fn wait_ready(stdout: impl AsyncRead + Unpin + Send + 'static) -> bool {
+/// Read the container's output until runc exits (so a chatty process never
+/// blocks on a full pipe), then say so.
+async fn drain(stdout: impl AsyncRead + Unpin, exited: tokio::sync::oneshot::Sender<()>) {
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim() == READY_LINE {
-            // Keep draining so a chatty process never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return true;
-        }
+        tracing::debug!(target: "faas_executor::native", "sandbox: {line}");
     }
-    false
+    let _ = exited.send(());
 }
 
-async fn keep_tail(pipe: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>>) {
+pub(super) async fn keep_tail(pipe: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>>) {
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::debug!(target: "faas_executor::native", "sandbox: {line}");
@@ -259,7 +278,7 @@ async fn keep_tail(pipe: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String
     }
 }
 
-fn stderr_tail(tail: &Mutex<VecDeque<String>>) -> String {
+pub(super) fn stderr_tail(tail: &Mutex<VecDeque<String>>) -> String {
     let t = tail.lock().expect("tail lock");
     if t.is_empty() {
         return "no output".into();
@@ -292,7 +311,13 @@ pub(super) async fn reap_leftovers(config: &NativeConfig) -> Result<usize, Execu
             .await;
     }
     let parent = config.cgroup_parent.clone();
-    let _ = tokio::task::spawn_blocking(move || super::cgroup::remove_parent(&parent)).await;
+    let swept = tokio::task::spawn_blocking(move || {
+        let swept = super::cgroup::sweep_children(&parent);
+        super::cgroup::remove_parent(&parent);
+        swept
+    })
+    .await
+    .unwrap_or(0);
     let mut dirs = 0;
     if let Ok(mut entries) = tokio::fs::read_dir(&config.instances_dir).await {
         while let Ok(Some(entry)) = entries.next_entry().await {
@@ -300,5 +325,5 @@ pub(super) async fn reap_leftovers(config: &NativeConfig) -> Result<usize, Execu
             dirs += 1;
         }
     }
-    Ok(ids.len().max(dirs))
+    Ok(ids.len().max(dirs).max(swept))
 }

@@ -4,9 +4,12 @@
 //! real `runc` binary, whose process stays our child for the instance's life.
 //! The runtime root filesystem is shared read-only by every instance; per
 //! instance there is only a directory holding `config.json` and the agent's
-//! socket directory, owned by an [`instance::InstanceGuard`].
+//! socket directory, owned by an `InstanceGuard`, and a host id range of its
+//! own ([`crate::ids`]), mapped through a user namespace where the kernel
+//! allows one.
 
-mod cgroup;
+pub mod build;
+pub(crate) mod cgroup;
 mod instance;
 pub mod spec;
 
@@ -18,8 +21,9 @@ use async_trait::async_trait;
 use faas_common::Language;
 use tokio::process::Command;
 
+use crate::ids::HostIds;
 use crate::{ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox};
-pub use cgroup::CgroupLayout;
+pub use cgroup::{CgroupLayout, ParentLimits};
 
 /// Settings of the native sandbox.
 #[derive(Debug, Clone)]
@@ -32,8 +36,13 @@ pub struct NativeConfig {
     pub instances_dir: PathBuf,
     /// Parent cgroup of every instance (`/<parent>/<instance id>`).
     pub cgroup_parent: String,
-    /// uid and gid functions run as inside the sandbox.
-    pub sandbox_uid: u32,
+    /// Limits on that parent: all instances together.
+    pub parent_limits: Option<ParentLimits>,
+    /// Host id ranges, one per instance.
+    pub host_ids: HostIds,
+    /// Map each instance's ids through a user namespace (where the kernel
+    /// allows it); without one the function runs as its range's host uid.
+    pub user_namespace: bool,
     /// Most processes and threads one instance may have.
     pub pids_limit: i64,
     /// CPU time per 100 ms period, in microseconds (100000 = one CPU).
@@ -42,8 +51,6 @@ pub struct NativeConfig {
     pub tmp_mb: u32,
     /// Limit memory+swap too (cgroup v1 needs swap accounting for this).
     pub swap_accounting: bool,
-    /// Run in a user namespace mapping sandbox ids 0..65536 to host ids from this base.
-    pub userns_base: Option<u32>,
     /// How long an instance may take to start its agent.
     pub start_timeout: Duration,
 }
@@ -55,12 +62,13 @@ impl Default for NativeConfig {
             state_dir: PathBuf::from("/run/faas/runc"),
             instances_dir: PathBuf::from("/run/faas/instances"),
             cgroup_parent: "faas".into(),
-            sandbox_uid: 1000,
+            parent_limits: None,
+            host_ids: HostIds::default(),
+            user_namespace: user_namespaces_available(),
             pids_limit: faas_common::sandbox::DEFAULT_PIDS_LIMIT,
             cpu_quota_us: 100_000,
             tmp_mb: 64,
             swap_accounting: CgroupLayout::detect().swap_accounting(),
-            userns_base: None,
             start_timeout: Duration::from_secs(20),
         }
     }
@@ -131,6 +139,30 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
+        let n = instance::reap_leftovers(&self.config).await?;
+        // The sweep removed the parent; instances to come live under its limits.
+        if let Some(limits) = self.config.parent_limits {
+            let parent = self.config.cgroup_parent.clone();
+            tokio::task::spawn_blocking(move || cgroup::limit_parent(&parent, limits))
+                .await
+                .map_err(|e| ExecutorError::Start(format!("cgroup task: {e}")))?
+                .map_err(ExecutorError::io(format!(
+                    "limit the parent cgroup {}",
+                    self.config.cgroup_parent
+                )))?;
+        }
+        Ok(n)
+    }
+
+    async fn shutdown(&self) -> Result<usize, ExecutorError> {
         instance::reap_leftovers(&self.config).await
     }
+}
+
+/// Whether this kernel lets root create user namespaces.
+pub fn user_namespaces_available() -> bool {
+    std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }

@@ -1,21 +1,23 @@
 //! The OCI runtime spec (`config.json`) of one native sandbox instance.
 //!
 //! Every security property of the native sandbox is decided here, in one place:
-//! namespaces, read-only root, mounts, cgroup limits, capabilities (none),
-//! no-new-privileges, seccomp, the non-root user.
+//! namespaces (a user namespace included, mapping the sandbox's ids onto a
+//! host id range of its own), read-only root, mounts, cgroup limits,
+//! capabilities (none), no-new-privileges, the seccomp allowlist, the
+//! non-root user.
 
 use std::path::Path;
 
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 
-use super::NativeConfig;
-use crate::{ExecutorError, GUEST_CODE_DIR, GUEST_DEPS_DIR};
+use faas_common::contract::{
+    AGENT_PATH, AGENT_SOCKET_NAME, FUNCTION_UID, GUEST_CODE_DIR, GUEST_DEPS_DIR, GUEST_SOCKET_DIR,
+};
 
-/// Where the agent's socket directory appears inside the sandbox.
-pub const GUEST_SOCKET_DIR: &str = "/run/faas";
-/// The agent's socket inside [`GUEST_SOCKET_DIR`].
-pub const AGENT_SOCKET: &str = "agent.sock";
+use super::NativeConfig;
+use crate::ids::SLOT_SIZE;
+use crate::ExecutorError;
 
 /// Paths hidden from the sandbox (as Docker does).
 const MASKED_PATHS: &[&str] = &[
@@ -45,12 +47,23 @@ const READONLY_PATHS: &[&str] = &[
 pub struct InstanceMounts<'a> {
     /// Runtime root filesystem (shared, read-only).
     pub rootfs: &'a Path,
-    /// Host directory bound at [`GUEST_SOCKET_DIR`].
+    /// Host directory bound read-only at [`GUEST_SOCKET_DIR`].
     pub socket_dir: &'a Path,
-    /// Function code, bound read-only at `/var/task`.
+    /// Function code, bound read-only at [`GUEST_CODE_DIR`].
     pub code_dir: Option<&'a Path>,
-    /// Dependencies, bound read-only at `/opt/faas/deps`.
+    /// Dependencies, bound read-only at [`GUEST_DEPS_DIR`].
     pub deps_dir: Option<&'a Path>,
+}
+
+/// Who the instance is on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceIds {
+    /// First host id of the instance's own range.
+    pub host_base: u32,
+    /// Whether the range is mapped through a user namespace (sandbox uid
+    /// [`FUNCTION_UID`]); without one the function runs as host uid
+    /// `host_base + FUNCTION_UID` directly.
+    pub user_namespace: bool,
 }
 
 /// Build the spec for instance `id`.
@@ -59,6 +72,7 @@ pub fn build(
     id: &str,
     memory_mb: u32,
     mounts: &InstanceMounts<'_>,
+    ids: InstanceIds,
 ) -> Result<Spec, ExecutorError> {
     let memory = u64::from(memory_mb) * 1024 * 1024;
     // /tmp is memory-backed and charged to the cgroup, so it can never exceed the limit.
@@ -79,7 +93,7 @@ pub fn build(
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "nodev", "mode=1777", format!("size={tmp_mb}m")]}),
         json!({"destination": GUEST_SOCKET_DIR, "type": "bind",
-               "source": mounts.socket_dir, "options": ["rbind", "nosuid", "nodev", "noexec"]}),
+               "source": mounts.socket_dir, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}),
     ];
     let ro_bind = |dest: &str, src: &Path| {
         json!({"destination": dest, "type": "bind", "source": src,
@@ -110,13 +124,17 @@ pub fn build(
         },
         "maskedPaths": MASKED_PATHS,
         "readonlyPaths": READONLY_PATHS,
-        "seccomp": seccomp(),
+        "seccomp": faas_common::sandbox::oci_profile(),
     });
-    if let Some(base) = config.userns_base {
+    let uid = if ids.user_namespace {
         namespaces.push(json!({"type": "user"}));
-        linux["uidMappings"] = json!([{"containerID": 0, "hostID": base, "size": 65536}]);
-        linux["gidMappings"] = json!([{"containerID": 0, "hostID": base, "size": 65536}]);
-    }
+        let map = json!([{"containerID": 0, "hostID": ids.host_base, "size": SLOT_SIZE}]);
+        linux["uidMappings"] = map.clone();
+        linux["gidMappings"] = map;
+        FUNCTION_UID
+    } else {
+        ids.host_base + FUNCTION_UID
+    };
     linux["namespaces"] = Value::Array(namespaces);
 
     let env: Vec<String> = crate::base_env()
@@ -129,11 +147,11 @@ pub fn build(
         "hostname": "faas",
         "process": {
             "terminal": false,
-            "user": {"uid": config.sandbox_uid, "gid": config.sandbox_uid},
+            "user": {"uid": uid, "gid": uid},
             "args": [
-                "/opt/faas/bin/faas-guest-agent",
-                "--listen",
-                format!("unix:{GUEST_SOCKET_DIR}/{AGENT_SOCKET}"),
+                AGENT_PATH,
+                "--connect",
+                format!("unix:{GUEST_SOCKET_DIR}/{AGENT_SOCKET_NAME}"),
             ],
             "env": env,
             "cwd": "/tmp",
@@ -157,14 +175,6 @@ fn memory_resources(limit: u64, swap_accounting: bool) -> Value {
     }
 }
 
-fn seccomp() -> Value {
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [{"names": faas_common::sandbox::BLOCKED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM as u32}],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,9 +190,15 @@ mod tests {
                 code_dir: Some(Path::new("/code/abc")),
                 deps_dir: None,
             },
+            IDS,
         )
         .unwrap()
     }
+
+    const IDS: InstanceIds = InstanceIds {
+        host_base: 1 << 30,
+        user_namespace: true,
+    };
 
     #[test]
     fn locks_the_sandbox_down() {
@@ -215,13 +231,42 @@ mod tests {
             );
         }
         let sc = linux.seccomp().as_ref().unwrap();
-        let blocked = &sc.syscalls().as_ref().unwrap()[0];
-        for call in ["mount", "ptrace", "kexec_load", "bpf", "keyctl", "unshare"] {
+        assert_eq!(
+            format!("{:?}", sc.default_action()),
+            "ScmpActErrno",
+            "an allowlist: what is not listed is refused"
+        );
+        let allowed: Vec<&String> = sc
+            .syscalls()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|r| format!("{:?}", r.action()) == "ScmpActAllow" && r.args().is_none())
+            .flat_map(|r| r.names())
+            .collect();
+        for call in [
+            "mount",
+            "ptrace",
+            "kexec_load",
+            "bpf",
+            "keyctl",
+            "unshare",
+            "clone",
+        ] {
             assert!(
-                blocked.names().contains(&call.to_string()),
-                "{call} not blocked"
+                !allowed.iter().any(|n| *n == call),
+                "{call} allowed unconditionally"
             );
         }
+        let mounts = s.mounts().as_ref().unwrap();
+        let sock = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new(GUEST_SOCKET_DIR))
+            .unwrap();
+        assert!(
+            sock.options().as_ref().unwrap().contains(&"ro".to_string()),
+            "the function must not write where the agent socket is"
+        );
     }
 
     #[test]
@@ -236,6 +281,7 @@ mod tests {
                 code_dir: Some(Path::new("/c")),
                 deps_dir: Some(Path::new("/d")),
             },
+            IDS,
         )
         .unwrap();
         let mounts = s.mounts().as_ref().unwrap();
@@ -259,12 +305,31 @@ mod tests {
 
     #[test]
     fn user_namespace_maps_ids() {
-        let config = NativeConfig {
-            userns_base: Some(200_000),
-            ..NativeConfig::default()
-        };
-        let s = spec(&config);
+        let s = spec(&NativeConfig::default());
         let linux = s.linux().as_ref().unwrap();
-        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 200_000);
+        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 1 << 30);
+        assert_eq!(s.process().as_ref().unwrap().user().uid(), FUNCTION_UID);
+        // Without a user namespace the function runs as a host uid of its own range.
+        let plain = build(
+            &NativeConfig::default(),
+            "t3",
+            64,
+            &InstanceMounts {
+                rootfs: Path::new("/r"),
+                socket_dir: Path::new("/s"),
+                code_dir: None,
+                deps_dir: None,
+            },
+            InstanceIds {
+                user_namespace: false,
+                ..IDS
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            plain.process().as_ref().unwrap().user().uid(),
+            (1 << 30) + FUNCTION_UID
+        );
+        assert!(plain.linux().as_ref().unwrap().uid_mappings().is_none());
     }
 }

@@ -1,0 +1,80 @@
+//! The host-guest contract: every name, path, port and bound that the host and
+//! the guest agent must agree on, in one place. A mismatch here would only
+//! show when a sandbox starts, so neither side spells any of these itself.
+
+/// Where the guest agent is installed in every runtime image.
+pub const AGENT_PATH: &str = "/opt/faas/bin/faas-guest-agent";
+/// Directory of the language bootstraps in every runtime image.
+pub const BOOTSTRAP_DIR: &str = "/opt/faas/bootstrap";
+
+/// Where the function's code appears in every sandbox (read-only).
+pub const GUEST_CODE_DIR: &str = "/var/task";
+/// Where installed dependencies appear in every sandbox (read-only).
+pub const GUEST_DEPS_DIR: &str = "/opt/faas/deps";
+
+/// Directory of the agent's socket in container sandboxes (read-only there;
+/// the host listens, the agent connects).
+pub const GUEST_SOCKET_DIR: &str = "/run/faas";
+/// The agent's socket in [`GUEST_SOCKET_DIR`].
+pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+
+/// Scratch directory of a build sandbox (a tmpfs of the layer's size limit)
+/// where the installer writes.
+pub const BUILD_SCRATCH_DIR: &str = "/opt/faas/build/out";
+/// Where a build sandbox sees the host directory that receives the layer.
+pub const BUILD_LAYER_DIR: &str = "/opt/faas/build/layer";
+
+/// uid and gid function code runs as inside every sandbox.
+pub const FUNCTION_UID: u32 = 1000;
+
+/// ext4 label of a microVM's code disk (mounted at [`GUEST_CODE_DIR`]).
+pub const CODE_DISK_LABEL: &str = "faas-code";
+/// ext4 label of a microVM's dependency disk (mounted at [`GUEST_DEPS_DIR`]).
+pub const DEPS_DISK_LABEL: &str = "faas-deps";
+
+/// Largest response a function may return; past it the invocation fails.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// Longest error message kept from a function; the rest is cut.
+pub const MAX_ERROR_BYTES: usize = 4 * 1024;
+/// Most log bytes kept per invocation (the newest); older bytes are dropped.
+pub const MAX_LOG_BYTES: usize = 64 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, with a note saying
+/// how much was cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [{} bytes cut]", &s[..end], s.len() - end)
+}
+
+/// The last `max` bytes of `s` (on a character boundary), noting what was dropped.
+pub fn keep_tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[{start} earlier bytes dropped]\n{}", &s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate("short", 10), "short");
+        let cut = truncate("ééééé", 3);
+        assert!(cut.starts_with('é') && cut.contains("bytes cut"), "{cut}");
+        let tail = keep_tail("abcdef", 2);
+        assert!(tail.ends_with("\nef"), "{tail}");
+        assert!(keep_tail("ééé", 3).ends_with('é'));
+    }
+}
