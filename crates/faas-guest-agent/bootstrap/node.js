@@ -81,9 +81,16 @@ function encodeResult(value) {
   return [Buffer.from(text, 'utf8'), 'application/json'];
 }
 
+// Errors travel in the reply header: the agent refuses headers over 1 MiB and
+// keeps 4 KiB of any error, so cut them here, where the start is still known.
+const MAX_ERROR = 4096;
+
 function describe(err) {
-  if (err instanceof Error) return `${err.name}: ${err.message}`;
-  return `Error: ${String(err)}`;
+  let text = err instanceof Error ? `${err.name}: ${err.message}` : `Error: ${String(err)}`;
+  if (text.length > MAX_ERROR) {
+    text = `${text.slice(0, MAX_ERROR)}... [${text.length - MAX_ERROR} characters cut]`;
+  }
+  return text;
 }
 
 function context(spec, requestId, deadlineMs) {

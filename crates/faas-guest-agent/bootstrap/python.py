@@ -101,8 +101,16 @@ def encode_result(value):
     return json.dumps(value).encode(), "application/json"
 
 
+# Errors travel in the reply header: the agent refuses headers over 1 MiB and
+# keeps 4 KiB of any error, so cut them here, where the start is still known.
+MAX_ERROR = 4096
+
+
 def describe(exc):
-    return f"{type(exc).__name__}: {exc}"
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > MAX_ERROR:
+        text = text[:MAX_ERROR] + f"... [{len(text) - MAX_ERROR} characters cut]"
+    return text
 
 
 def main():

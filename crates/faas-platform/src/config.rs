@@ -203,7 +203,8 @@ pub struct NativeFileConfig {
     pub cpu_quota_us: Option<i64>,
     /// `/tmp` size in MiB.
     pub tmp_mb: Option<u32>,
-    /// Map instances through a user namespace (default: where the kernel allows).
+    /// Map instances through a user namespace (default false; see
+    /// `docs/security.md` for why).
     pub user_namespace: Option<bool>,
     /// First host id of the ranges sandboxes run under.
     pub host_id_base: Option<u32>,
@@ -236,7 +237,7 @@ pub struct NativeSettings {
     pub cpu_quota_us: Option<i64>,
     /// `/tmp` size in MiB.
     pub tmp_mb: Option<u32>,
-    /// Map instances through a user namespace; `None`: where the kernel allows.
+    /// Map instances through a user namespace; `None`: the sandbox's default (no).
     pub user_namespace: Option<bool>,
 }
 

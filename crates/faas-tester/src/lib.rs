@@ -333,11 +333,14 @@ impl TestServer {
         server
     }
 
-    /// The `faas.owner` label of this server's containers (see `faas serve`).
+    /// The `faas.owner` label of this server's containers.
     pub fn docker_owner(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let dir = self.data.path().canonicalize().expect("data dir");
-        hex::encode(&Sha256::digest(dir.to_string_lossy().as_bytes())[..8])
+        self.layout().owner_label()
+    }
+
+    /// Where the server keeps what, under its data directory.
+    pub fn layout(&self) -> faas_platform::DataLayout {
+        faas_platform::DataLayout::new(self.data.path().canonicalize().expect("data dir"))
     }
 
     /// The cgroup under which this server's instances live.
@@ -453,17 +456,23 @@ impl TestServer {
         self.stop().await;
         let mut leftovers = self.leftovers();
         // Saved microVM states are a cache of one run.
-        if let Ok(states) = std::fs::read_dir(self.data.path().join("run/microvm-snapshots")) {
+        if let Ok(states) = std::fs::read_dir(self.layout().microvm_snapshots()) {
             for state in states.flatten() {
                 leftovers.push(format!("microVM snapshot {}", state.path().display()));
             }
         }
-        // A stopped server also removes the parent cgroup its instances lived in.
+        // A stopped server also removes the parent cgroups its instances and
+        // build sandboxes lived in.
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {
-                let parent = c.path().join(&self.cgroup_parent);
-                if parent.is_dir() {
-                    leftovers.push(format!("cgroup parent {}", parent.display()));
+                for parent in [
+                    self.cgroup_parent.clone(),
+                    format!("{}-build", self.cgroup_parent),
+                ] {
+                    let parent = c.path().join(parent);
+                    if parent.is_dir() {
+                        leftovers.push(format!("cgroup parent {}", parent.display()));
+                    }
                 }
             }
         }
@@ -474,11 +483,36 @@ impl TestServer {
         );
     }
 
+    /// How many instances the server runs now (containers or VMs).
+    pub fn instances(&self) -> usize {
+        let layout = self.layout();
+        let count = |dir: std::path::PathBuf| std::fs::read_dir(dir).map_or(0, |d| d.count());
+        match self.executor {
+            Executor::Native => count(layout.instances()),
+            Executor::Docker => count(layout.docker()),
+            Executor::Microvm | Executor::Firecracker => count(layout.microvm_run()),
+        }
+    }
+
+    /// Resident memory of the server process, kB.
+    pub fn server_rss_kb(&self) -> u64 {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Containers, bundle dirs, cgroups, mounts and processes of this server's instances.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
-        let state = self.data.path().join("run/runc");
-        if state.is_dir() {
+        let layout = self.layout();
+        for state in [layout.runc_state(), layout.build_state()] {
+            if !state.is_dir() {
+                continue;
+            }
             let out = std::process::Command::new("runc")
                 .arg("--root")
                 .arg(&state)
@@ -489,17 +523,33 @@ impl TestServer {
                 found.push(format!("runc container {id}"));
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.data.path().join("run/instances")) {
-            for e in entries.flatten() {
-                found.push(format!("instance dir {}", e.path().display()));
+        for dir in [layout.instances(), layout.build_bundles()] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    found.push(format!("instance dir {}", e.path().display()));
+                }
+            }
+        }
+        // Half-written code trees and dependency layers.
+        for dir in ["code", "deps"] {
+            if let Ok(entries) = std::fs::read_dir(self.data.path().join(dir)) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                        found.push(format!("temporary {}", e.path().display()));
+                    }
+                }
             }
         }
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {
-                let parent = c.path().join(&self.cgroup_parent);
-                if let Ok(children) = std::fs::read_dir(&parent) {
-                    for child in children.flatten().filter(|e| e.path().is_dir()) {
-                        found.push(format!("cgroup {}", child.path().display()));
+                for parent in [
+                    self.cgroup_parent.clone(),
+                    format!("{}-build", self.cgroup_parent),
+                ] {
+                    if let Ok(children) = std::fs::read_dir(c.path().join(parent)) {
+                        for child in children.flatten().filter(|e| e.path().is_dir()) {
+                            found.push(format!("cgroup {}", child.path().display()));
+                        }
                     }
                 }
             }
@@ -511,12 +561,12 @@ impl TestServer {
                 }
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.data.path().join("run/microvm")) {
+        if let Ok(entries) = std::fs::read_dir(layout.microvm_run()) {
             for e in entries.flatten() {
                 found.push(format!("microVM dir {}", e.path().display()));
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.data.path().join("run/docker")) {
+        if let Ok(entries) = std::fs::read_dir(layout.docker()) {
             for e in entries.flatten() {
                 found.push(format!("docker instance dir {}", e.path().display()));
             }

@@ -132,7 +132,7 @@ async fn bad_deploys_are_refused_and_register_nothing(executor: Executor) {
         (
             "dependency injection",
             json!({"name": "a", "language": "python", "handler": "m.handler", "files": {"m.py": OK_PY}, "dependencies": ["--index-url=http://evil"]}),
-            "invalid dependency",
+            "not a registry requirement",
         ),
     ];
     for (what, body, expect) in cases {

@@ -40,8 +40,13 @@ pub struct NativeConfig {
     pub parent_limits: Option<ParentLimits>,
     /// Host id ranges, one per instance.
     pub host_ids: HostIds,
-    /// Map each instance's ids through a user namespace (where the kernel
-    /// allows it); without one the function runs as its range's host uid.
+    /// Map each instance's ids through a user namespace. Off by default: a
+    /// user namespace runc creates is owned by root, and the kernel charges
+    /// the per-user counts of everything inside it (inotify instances and
+    /// watches, user namespaces, message queues) to root at the top level, so
+    /// one instance could exhaust them for every other and for the host's
+    /// root. Without one, the function runs directly as its range's host uid,
+    /// which no one else uses.
     pub user_namespace: bool,
     /// Most processes and threads one instance may have.
     pub pids_limit: i64,
@@ -64,7 +69,7 @@ impl Default for NativeConfig {
             cgroup_parent: "faas".into(),
             parent_limits: None,
             host_ids: HostIds::default(),
-            user_namespace: user_namespaces_available(),
+            user_namespace: false,
             pids_limit: faas_common::sandbox::DEFAULT_PIDS_LIMIT,
             cpu_quota_us: 100_000,
             tmp_mb: 64,
@@ -109,6 +114,11 @@ impl NativeSandbox {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
+        }
+        if config.user_namespace && !user_namespaces_available() {
+            return Err(ExecutorError::Start(
+                "user namespaces are disabled on this kernel (user.max_user_namespaces = 0)".into(),
+            ));
         }
         Ok(NativeSandbox {
             config,
