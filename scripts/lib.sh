@@ -107,3 +107,13 @@ install_microvm_tools() {
     fi
     export PATH="$FAAS_CARGO_ROOT/bin:$PATH"
 }
+
+# cargo-fuzz (crates.io) for scripts/fuzz, into the same cached root.
+install_cargo_fuzz() {
+    if [ ! -x "$FAAS_CARGO_ROOT/bin/cargo-fuzz" ]; then
+        step "installing cargo-fuzz into $FAAS_CARGO_ROOT"
+        CARGO_TARGET_DIR="$FAAS_CACHE/cargo-fuzz-target" \
+            cargo install cargo-fuzz --locked --root "$FAAS_CARGO_ROOT"
+    fi
+    export PATH="$FAAS_CARGO_ROOT/bin:$PATH"
+}

@@ -7,6 +7,7 @@
 //! - [`contract`]: the names, paths and bounds host and guest agent share;
 //! - [`deps`]: the dependency specifiers a function may declare;
 //! - [`sandbox`]: the seccomp policy and limits every sandbox kind enforces;
+//! - [`validate`]: the checks of a function definition that need nothing else;
 //! - [`protocol`]: the length-prefixed, versioned frames spoken between the host
 //!   and the guest agent over a Unix socket (native, Docker) or vsock (microVM).
 
@@ -16,5 +17,6 @@ pub mod deps;
 pub mod protocol;
 pub mod sandbox;
 mod types;
+pub mod validate;
 
 pub use types::*;

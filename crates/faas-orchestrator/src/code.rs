@@ -77,23 +77,7 @@ fn single_file_name(language: Language, handler: &str) -> Result<String, Orchest
 
 /// `pkg.module.func` -> (`pkg.module`, `func`).
 pub fn split_handler(handler: &str) -> Result<(&str, &str), OrchestratorError> {
-    let (module, func) = handler.rsplit_once('.').ok_or_else(|| {
-        bad(format!(
-            "handler {handler:?} must look like module.function"
-        ))
-    })?;
-    let ident = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with(|c: char| c.is_ascii_digit())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-    };
-    if !module.split('.').all(ident) || !ident(func) {
-        return Err(bad(format!(
-            "handler {handler:?} must look like module.function"
-        )));
-    }
-    Ok((module, func))
+    faas_common::validate::split_handler(handler).map_err(|e| bad(e.0))
 }
 
 /// Check that the handler exists in the tree; returns nothing, errs with a clear reason.

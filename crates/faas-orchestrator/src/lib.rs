@@ -108,10 +108,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Most bytes of records one `logs` page carries.
 pub const MAX_LOGS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Bounds on what a deploy may ask for (memory also by the node's budget).
-pub const MEMORY_RANGE_MB: std::ops::RangeInclusive<u32> = 32..=8192;
-/// See [`MEMORY_RANGE_MB`].
-pub const TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=900;
+pub use faas_common::validate::{MEMORY_RANGE_MB, TIMEOUT_RANGE_SEC};
 
 /// A successful invocation.
 #[derive(Debug, Clone)]
@@ -312,35 +309,16 @@ impl Orchestrator {
 
     /// Validate, store and register a function (a new version if the name exists).
     pub async fn deploy(&self, def: FunctionDefinition) -> Result<FunctionInfo, OrchestratorError> {
-        validate_name(&def.name)?;
-        let language: Language =
-            def.language
-                .parse()
-                .map_err(|e: faas_common::UnknownLanguage| {
-                    OrchestratorError::BadRequest(e.to_string())
-                })?;
-        if def.handler.trim().is_empty() {
-            return Err(OrchestratorError::BadRequest("handler is required".into()));
-        }
+        let language = faas_common::validate::definition(&def)
+            .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
         let memory_mb = def.memory_mb.unwrap_or(self.config.default_memory_mb);
-        let max_memory = u64::from(*MEMORY_RANGE_MB.end()).min(self.config.memory_budget_mb);
-        if !MEMORY_RANGE_MB.contains(&memory_mb) || u64::from(memory_mb) > max_memory {
+        if u64::from(memory_mb) > self.config.memory_budget_mb {
             return Err(OrchestratorError::BadRequest(format!(
-                "memory_mb must be between {} and {max_memory} on this node",
-                MEMORY_RANGE_MB.start(),
+                "memory_mb must be at most {} on this node",
+                self.config.memory_budget_mb
             )));
         }
         let timeout_sec = def.timeout_sec.unwrap_or(self.config.default_timeout_sec);
-        if !TIMEOUT_RANGE_SEC.contains(&timeout_sec) {
-            return Err(OrchestratorError::BadRequest(format!(
-                "timeout_sec must be between {} and {}",
-                TIMEOUT_RANGE_SEC.start(),
-                TIMEOUT_RANGE_SEC.end()
-            )));
-        }
-        for (k, v) in &def.env {
-            validate_env(k, v)?;
-        }
         let attestation = def
             .attestation
             .as_deref()
@@ -777,7 +755,8 @@ impl Orchestrator {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
                 OrchestratorError::BadRequest(format!("env var {kv:?} is not KEY=VALUE"))
             })?;
-            validate_env(k, v)?;
+            faas_common::validate::env_var(k, v)
+                .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
         }
         let request_id = uuid::Uuid::new_v4().to_string();
         let config = SandboxConfig {
@@ -824,12 +803,20 @@ impl Orchestrator {
         tokio::time::sleep(grace).await;
     }
 
+    /// Begin shutting down (at the signal, before the API drains): new
+    /// invocations are refused, instances still starting are abandoned, idle
+    /// ones destroyed; invocations running now get [`SHUTDOWN_GRACE`].
+    pub fn begin_shutdown(&self) {
+        self.stopping.cancel();
+        self.pool.close();
+    }
+
     /// Stop every instance: idle ones at once, busy ones when their
     /// invocation ends or [`SHUTDOWN_GRACE`] has passed; waits for every
     /// teardown, then sweeps anything a failed teardown left (a container
     /// whose daemon was away, say).
     pub async fn shutdown(&self) {
-        self.stopping.cancel();
+        self.begin_shutdown();
         self.pool.shutdown().await;
         if let Some(build) = &self.sandboxes.build {
             if let Err(e) = build.reap_leftovers().await {
@@ -869,62 +856,7 @@ fn invocation_error(request_id: &str, e: ExecutorError) -> OrchestratorError {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), OrchestratorError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok && !name.starts_with("fn-") {
-        Ok(())
-    } else {
-        Err(OrchestratorError::BadRequest(format!(
-            "invalid function name {name:?}: use 1-64 of A-Z a-z 0-9 - _ . (not starting with '.' or 'fn-')"
-        )))
-    }
-}
-
-fn validate_env(key: &str, value: &str) -> Result<(), OrchestratorError> {
-    let ok_key = !key.is_empty()
-        && !key.starts_with(|c: char| c.is_ascii_digit())
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !ok_key {
-        return Err(OrchestratorError::BadRequest(format!(
-            "invalid environment variable name {key:?}"
-        )));
-    }
-    if value.contains('\0') {
-        return Err(OrchestratorError::BadRequest(format!(
-            "environment variable {key} contains a NUL byte"
-        )));
-    }
-    Ok(())
-}
-
 /// Now as RFC 3339 with second precision.
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        for good in ["hello", "a.b-c_d", "X1"] {
-            validate_name(good).unwrap();
-        }
-        for bad in [
-            "",
-            "a/b",
-            ".hidden",
-            "fn-123",
-            "with space",
-            &"x".repeat(65),
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 }

@@ -113,6 +113,9 @@ pub struct Pool {
     heartbeat: Duration,
     metrics: Arc<Metrics>,
     teardown: TaskTracker,
+    /// Cancelled when the pool closes: instances still starting are abandoned
+    /// (their sandboxes' guards remove them).
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Pool {
@@ -135,6 +138,7 @@ impl Pool {
             heartbeat,
             metrics,
             teardown: TaskTracker::new(),
+            closing: tokio_util::sync::CancellationToken::new(),
         });
         let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
@@ -209,7 +213,13 @@ impl Pool {
             _live: self.teardown.token(),
         };
         let started = Instant::now();
-        let instance = match sandbox.start(spec()).await {
+        let start = tokio::select! {
+            started = sandbox.start(spec()) => started,
+            // Shutdown does not wait for boots: dropping the start removes
+            // what it made so far.
+            () = self.closing.cancelled() => return Err(AcquireError::Closed),
+        };
+        let instance = match start {
             Ok(i) => i,
             Err(e) => {
                 self.wake(&key.function_id);
@@ -377,10 +387,10 @@ impl Pool {
         (idle, busy)
     }
 
-    /// Destroy every idle instance and refuse new work; waits until every
-    /// instance is gone: busy ones as their invocations end, those still
-    /// starting as soon as they are up.
-    pub async fn shutdown(&self) {
+    /// Refuse new work, abandon instances still starting and destroy every
+    /// idle one; busy ones go when they come back. Returns at once.
+    pub fn close(&self) {
+        self.closing.cancel();
         let doomed: Vec<Idle> = {
             let mut st = self.state.lock().expect("pool lock");
             st.closed = true;
@@ -393,6 +403,11 @@ impl Pool {
             self.metrics.warm_instances.dec();
             self.destroy(idle.instance, idle.permits);
         }
+    }
+
+    /// [`Pool::close`], then wait until every instance is gone.
+    pub async fn shutdown(&self) {
+        self.close();
         self.teardown.close();
         self.teardown.wait().await;
     }
@@ -439,15 +454,25 @@ impl Pool {
             if self.evict_one() {
                 continue;
             }
-            // Nothing idle to make room: wait for a busy instance to end.
-            let waited = if node.is_none() {
-                tokio::time::timeout_at(deadline, self.node.clone().acquire_owned())
-                    .await
-                    .map(|r| r.map(|p| node = Some(p)))
-            } else {
-                tokio::time::timeout_at(deadline, self.memory.clone().acquire_many_owned(memory_mb))
+            // Nothing idle to make room: wait for a busy instance to end (or
+            // for shutdown).
+            let wait = async {
+                if node.is_none() {
+                    tokio::time::timeout_at(deadline, self.node.clone().acquire_owned())
+                        .await
+                        .map(|r| r.map(|p| node = Some(p)))
+                } else {
+                    tokio::time::timeout_at(
+                        deadline,
+                        self.memory.clone().acquire_many_owned(memory_mb),
+                    )
                     .await
                     .map(|r| r.map(|p| memory = Some(p)))
+                }
+            };
+            let waited = tokio::select! {
+                waited = wait => waited,
+                () = self.closing.cancelled() => return Err(AcquireError::Closed),
             };
             match waited {
                 Ok(Ok(())) => {}

@@ -451,10 +451,23 @@ impl TestServer {
         self.spawn().await;
     }
 
+    /// [`TestServer::leftovers`] once what is exiting has exited: a process
+    /// killed at shutdown may take a moment to be gone.
+    pub async fn settled_leftovers(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let found = self.leftovers();
+            if found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stop and assert that nothing of any instance remains.
     pub async fn stop_and_check_clean(mut self) {
         self.stop().await;
-        let mut leftovers = self.leftovers();
+        let mut leftovers = self.settled_leftovers().await;
         // Saved microVM states are a cache of one run.
         if let Ok(states) = std::fs::read_dir(self.layout().microvm_snapshots()) {
             for state in states.flatten() {
@@ -585,7 +598,19 @@ impl TestServer {
             for p in procs.flatten() {
                 let cgroup = std::fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();
                 if cgroup.contains(&format!("/{}/", self.cgroup_parent)) {
-                    found.push(format!("process {}", p.file_name().to_string_lossy()));
+                    let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+                    let state = stat.rsplit(") ").next().unwrap_or("").split(' ').next();
+                    // A zombie holds nothing but its pid until its new parent
+                    // (the host's init, when `runc run` was killed mid-start)
+                    // reaps it.
+                    if state != Some("Z") {
+                        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                        found.push(format!(
+                            "process {}: {}",
+                            p.file_name().to_string_lossy(),
+                            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                        ));
+                    }
                     continue;
                 }
                 // VMMs and vsock helpers name the data dir on their command line.

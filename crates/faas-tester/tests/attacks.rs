@@ -336,7 +336,10 @@ async fn hostile_archives_cannot_reach_the_host(executor: Executor) {
 }
 
 async fn dependency_specifiers_cannot_fetch_build_or_probe(executor: Executor) {
-    if !require(executor, "dependency_specifiers_cannot_fetch_build_or_probe") {
+    if !require(
+        executor,
+        "dependency_specifiers_cannot_fetch_build_or_probe",
+    ) {
         return;
     }
     let s = TestServer::start(executor).await;
@@ -473,7 +476,9 @@ async fn the_sandbox_boundary_holds(executor: Executor) {
         let result = abi[kind].as_str().unwrap();
         let refused = result.starts_with("killed")
             || result.starts_with("failed")
-            || result.strip_prefix("returned ").is_some_and(|r| r.starts_with('-'));
+            || result
+                .strip_prefix("returned ")
+                .is_some_and(|r| r.starts_with('-'));
         assert!(refused, "{kind} system call went through: {abi}");
     }
 
@@ -613,7 +618,11 @@ async fn outputs_are_bounded(executor: Executor) {
         let r = s.invoke("loud", b"\"raise\"").await;
         assert_eq!(r.status, 500, "{}", r.text().len());
         // The error (at most 4 KiB) and the logs (at most 64 KiB).
-        assert!(r.body.len() < 80 * 1024, "error answer of {} bytes", r.body.len());
+        assert!(
+            r.body.len() < 80 * 1024,
+            "error answer of {} bytes",
+            r.body.len()
+        );
     }
     let r = s.invoke("loud", b"\"big\"").await;
     assert_eq!(r.status, 500);
@@ -702,7 +711,8 @@ async fn capacity_is_shared_and_delete_is_immediate(executor: Executor) {
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, status) = s.get("/functions/slow/status").await;
-    let live = status["warm_instances"].as_u64().unwrap() + status["busy_instances"].as_u64().unwrap();
+    let live =
+        status["warm_instances"].as_u64().unwrap() + status["busy_instances"].as_u64().unwrap();
     assert!(live <= 2, "slow has {live} instances: {status}");
     // The other function still gets capacity at once.
     let started = Instant::now();
@@ -736,7 +746,12 @@ async fn shutdown_during_a_burst_leaves_nothing(executor: Executor) {
     }
     let mut s = TestServer::start_with(
         executor,
-        &["--max-instances", "16", "--max-instances-per-function", "16"],
+        &[
+            "--max-instances",
+            "16",
+            "--max-instances-per-function",
+            "16",
+        ],
     )
     .await;
     s.deploy(
@@ -769,7 +784,7 @@ async fn shutdown_during_a_burst_leaves_nothing(executor: Executor) {
     for b in burst {
         let _ = b.await;
     }
-    let leftovers = s.leftovers();
+    let leftovers = s.settled_leftovers().await;
     assert!(leftovers.is_empty(), "left behind: {leftovers:#?}");
     s.stop_and_check_clean().await;
 }

@@ -46,8 +46,14 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         platform.config.data_dir().display()
     );
     eprintln!("faas: listening on http://{local}");
+    let stopping = orchestrator.clone();
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Before the API drains: requests in flight end fast instead of
+            // waiting for instances to boot.
+            stopping.begin_shutdown();
+        })
         .await;
     tracing::info!("shutting down: stopping instances");
     orchestrator.shutdown().await;

@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use super::instance::InstanceGuard;
+use super::instance::{Cleanups, InstanceGuard};
 use super::NativeConfig;
 use crate::ids::SLOT_SIZE;
 use crate::{ExecutorError, ImageRef};
@@ -71,6 +71,7 @@ pub struct BuildOutcome {
 /// Runs installers in builder images through `runc`.
 pub struct BuildSandbox {
     config: NativeConfig,
+    cleanups: Arc<Cleanups>,
     images: HashMap<Language, ImageRef>,
     ca_bundle: Option<PathBuf>,
     resolv_conf: Option<PathBuf>,
@@ -92,14 +93,18 @@ impl BuildSandbox {
         let existing = |p: &str| Some(PathBuf::from(p)).filter(|p| p.is_file());
         Ok(BuildSandbox {
             config,
+            cleanups: Arc::default(),
             images,
             ca_bundle: existing("/etc/ssl/certs/ca-certificates.crt"),
             resolv_conf: existing("/etc/resolv.conf"),
         })
     }
 
-    /// Remove build containers a crashed predecessor left.
+    /// Remove build containers a crashed predecessor (or an abandoned
+    /// install) left.
     pub async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
+        let cleanups = self.cleanups.clone();
+        let _ = tokio::task::spawn_blocking(move || cleanups.join_all()).await;
         super::instance::reap_leftovers(&self.config).await
     }
 
@@ -117,7 +122,7 @@ impl BuildSandbox {
             .ok_or_else(|| ExecutorError::ImageMissing(format!("{}-build", job.language)))?;
         let id = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         let dir = self.config.instances_dir.join(&id);
-        let mut guard = InstanceGuard::new(&id, &dir, &self.config);
+        let mut guard = InstanceGuard::new(&id, &dir, &self.config, self.cleanups.clone());
         let result = self.run_in(&mut guard, &id, &dir, image, job).await;
         guard.destroy().await;
         result

@@ -278,27 +278,42 @@ pub fn sweep_children(parent: &str) -> usize {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("faas-") || !entry.path().is_dir() {
-                continue;
-            }
-            let path = entry.path();
-            if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                    // SAFETY: plain kill(2) of a process in our own cgroup.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            // A killed process leaves its cgroup a moment later.
-            for _ in 0..50 {
-                if std::fs::remove_dir(&path).is_ok() {
-                    removed += 1;
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+            if name.starts_with("faas-") && entry.path().is_dir() && kill_and_remove(&entry.path())
+            {
+                removed += 1;
             }
         }
     }
     removed
+}
+
+/// [`sweep_children`] for the one instance `id`.
+pub fn sweep_instance(parent: &str, id: &str) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for root in hierarchies(&info) {
+        let dir = root.join(parent.trim_matches('/')).join(id);
+        if dir.is_dir() {
+            kill_and_remove(&dir);
+        }
+    }
+}
+
+/// SIGKILL every process of cgroup `dir` and remove it; false if it stays.
+fn kill_and_remove(dir: &Path) -> bool {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+            // SAFETY: plain kill(2) of a process in our own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    // A killed process leaves its cgroup a moment later.
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
 }
 
 /// Remove the (empty) parent cgroup `parent` and its ancestors below the root,

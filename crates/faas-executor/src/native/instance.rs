@@ -21,6 +21,21 @@ use crate::{ExecutorError, InstanceSpec};
 /// Lines of runc/agent stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
 
+/// Cleanups that guards dropped without `destroy` run on threads of their
+/// own; the sandbox's shutdown waits for them.
+#[derive(Default)]
+pub(super) struct Cleanups(Mutex<Vec<std::thread::JoinHandle<()>>>);
+
+impl Cleanups {
+    /// Wait for every cleanup started so far.
+    pub(super) fn join_all(&self) {
+        let pending = std::mem::take(&mut *self.0.lock().expect("cleanups lock"));
+        for handle in pending {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// Owns everything an instance has on the host: the `runc run` process (and so
 /// the container), its runc state, its cgroups (runc removes them on delete) and
 /// its bundle directory. Dropping it without [`InstanceGuard::destroy`] still
@@ -30,6 +45,8 @@ pub(super) struct InstanceGuard {
     dir: PathBuf,
     runc: PathBuf,
     state_dir: PathBuf,
+    cgroup_parent: String,
+    cleanups: Arc<Cleanups>,
     pub(super) child: Option<Child>,
     /// The instance's host ids: free again only once nothing runs under them.
     pub(super) ids: Option<IdSlot>,
@@ -37,13 +54,21 @@ pub(super) struct InstanceGuard {
 }
 
 impl InstanceGuard {
-    /// A guard for container `id` of bundle `dir`, created before either exists.
-    pub(super) fn new(id: &str, dir: &Path, config: &NativeConfig) -> Self {
+    /// A guard for container `id` of bundle `dir`, created before either
+    /// exists; a cleanup it has to run when dropped is registered in `cleanups`.
+    pub(super) fn new(
+        id: &str,
+        dir: &Path,
+        config: &NativeConfig,
+        cleanups: Arc<Cleanups>,
+    ) -> Self {
         InstanceGuard {
             id: id.to_string(),
             dir: dir.to_path_buf(),
             runc: config.runc.clone(),
             state_dir: config.state_dir.clone(),
+            cgroup_parent: config.cgroup_parent.clone(),
+            cleanups,
             child: None,
             ids: None,
             done: false,
@@ -83,16 +108,28 @@ impl Drop for InstanceGuard {
         if self.done {
             return;
         }
-        let (runc, state, id, dir) = (
+        let (runc, state, id, dir, parent) = (
             self.runc.clone(),
             self.state_dir.clone(),
             self.id.clone(),
             self.dir.clone(),
+            self.cgroup_parent.clone(),
         );
         let child = self.child.take();
         let ids = self.ids.take();
         // Drop cannot await; a plain thread keeps this off the async runtime.
-        std::thread::spawn(move || {
+        let cleanup = std::thread::spawn(move || {
+            // `runc run` first: dropped mid-start it may still be creating the
+            // container, which a delete issued now would miss.
+            if let Some(mut child) = child {
+                let _ = child.start_kill();
+                for _ in 0..200 {
+                    if !matches!(child.try_wait(), Ok(None)) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             let _ = std::process::Command::new(&runc)
                 .arg("--root")
                 .arg(&state)
@@ -100,10 +137,14 @@ impl Drop for InstanceGuard {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            drop(child); // kill_on_drop reaps the runc process
+            // What a half-created container left in its cgroups.
+            super::cgroup::sweep_instance(&parent, &id);
             let _ = std::fs::remove_dir_all(&dir);
             drop(ids);
         });
+        let mut pending = self.cleanups.0.lock().expect("cleanups lock");
+        pending.retain(|h| !h.is_finished());
+        pending.push(cleanup);
     }
 }
 
@@ -123,13 +164,14 @@ pub struct NativeBackend {
 pub(super) async fn start(
     config: &NativeConfig,
     cgroups: &CgroupLayout,
+    cleanups: &Arc<Cleanups>,
     rootfs: &Path,
     spec: InstanceSpec,
 ) -> Result<AgentInstance<NativeBackend>, ExecutorError> {
     let id = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let dir = config.instances_dir.join(&id);
     // The guard exists before anything is created, so every early return cleans up.
-    let mut guard = InstanceGuard::new(&id, &dir, config);
+    let mut guard = InstanceGuard::new(&id, &dir, config, cleanups.clone());
     let ids = guard.ids.insert(config.host_ids.allocate()?);
     let (host_base, host_uid) = (ids.host_base(), ids.sandbox_host_uid());
     let socket_dir = dir.join("sock");

@@ -15,6 +15,7 @@ pub mod spec;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,6 +85,7 @@ pub struct NativeSandbox {
     config: NativeConfig,
     images: HashMap<Language, ImageRef>,
     cgroups: CgroupLayout,
+    cleanups: Arc<instance::Cleanups>,
 }
 
 impl NativeSandbox {
@@ -124,6 +126,7 @@ impl NativeSandbox {
             config,
             images,
             cgroups: CgroupLayout::detect(),
+            cleanups: Arc::default(),
         })
     }
 
@@ -144,7 +147,14 @@ impl Sandbox for NativeSandbox {
             .images
             .get(&spec.language.image())
             .ok_or_else(|| ExecutorError::ImageMissing(spec.language.to_string()))?;
-        let instance = instance::start(&self.config, &self.cgroups, &rootfs.rootfs, spec).await?;
+        let instance = instance::start(
+            &self.config,
+            &self.cgroups,
+            &self.cleanups,
+            &rootfs.rootfs,
+            spec,
+        )
+        .await?;
         Ok(Box::new(instance))
     }
 
@@ -165,6 +175,8 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn shutdown(&self) -> Result<usize, ExecutorError> {
+        let cleanups = self.cleanups.clone();
+        let _ = tokio::task::spawn_blocking(move || cleanups.join_all()).await;
         instance::reap_leftovers(&self.config).await
     }
 }
