@@ -14,15 +14,18 @@ need_root() {
     [ "$(id -u)" -eq 0 ] || die "run as root: sandboxes need namespaces, cgroups and runc"
 }
 
-# Debian packages the platform and its tests use. Installed only when missing.
+# Debian packages the platform, its build and its tests use. Installed only
+# when missing, each named explicitly: a package that only comes as another's
+# recommendation (libprotobuf-dev, for protobuf-compiler) or that a machine
+# happens to have must still be on this list. `./scripts/fresh-check` proves
+# the list complete on a pristine Debian root.
 install_packages() {
-    local want=(runc mmdebstrap ca-certificates curl docker.io)
-    # The Blueprint crates (blueprint-runner's bridge and auth) run tonic-build
-    # and build protobuf and RocksDB from source.
-    want+=(protobuf-compiler libprotobuf-dev cmake g++ libclang-dev)
-    command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || want+=(python3 python3-pip)
-    command -v npm >/dev/null || want+=(npm)
-    command -v cc >/dev/null || want+=(build-essential)
+    # The sandboxes and their images; the test suite's Docker engine.
+    local want=(runc mmdebstrap ca-certificates curl docker.io git)
+    # Building: a C toolchain for -sys crates (SQLite, zstd, lz4); the
+    # Blueprint crates run tonic-build (protoc and the well-known .proto files)
+    # and build RocksDB with bindgen (clang).
+    want+=(build-essential pkg-config protobuf-compiler libprotobuf-dev cmake g++ libclang-dev)
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

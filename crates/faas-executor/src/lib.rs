@@ -17,6 +17,7 @@ mod instance;
 pub mod microvm;
 pub mod native;
 pub mod socket;
+pub mod views;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -96,6 +97,17 @@ pub trait Sandbox: Send + Sync + 'static {
     /// still holds on the host for this server.
     async fn shutdown(&self) -> Result<usize, ExecutorError> {
         self.reap_leftovers().await
+    }
+
+    /// Drop what the sandbox keeps for code trees and dependency layers that
+    /// are no longer stored (their names, the content addresses, are not in
+    /// `code` or `deps`).
+    async fn forget_trees(
+        &self,
+        code: &std::collections::HashSet<String>,
+        deps: &std::collections::HashSet<String>,
+    ) {
+        let _ = (code, deps);
     }
 }
 

@@ -70,3 +70,12 @@ impl AgentListener {
         result
     }
 }
+
+/// Remove an (empty) sockets directory and its parent if that is empty too
+/// (the per-server directory, shared by the sandbox kinds).
+pub async fn remove_dirs(dir: &Path) {
+    let _ = tokio::fs::remove_dir(dir).await;
+    if let Some(parent) = dir.parent() {
+        let _ = tokio::fs::remove_dir(parent).await;
+    }
+}

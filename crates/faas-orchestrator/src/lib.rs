@@ -273,6 +273,9 @@ impl Orchestrator {
                 return;
             }
         };
+        for sandbox in self.sandboxes.all() {
+            sandbox.forget_trees(&code, &deps).await;
+        }
         let store = self.code.clone();
         let removed = tokio::task::spawn_blocking(move || store.collect(&code)).await;
         let layers = self.deps.collect(&deps);

@@ -161,6 +161,9 @@ fn native_config(config: &PlatformConfig, layout: &DataLayout) -> NativeConfig {
         runc: n.runc.clone(),
         state_dir: layout.runc_state(),
         instances_dir: layout.instances(),
+        sockets_dir: layout.sockets("native"),
+        views_dir: layout.views(),
+        views_mounts: layout.view_mounts("native"),
         cgroup_parent: n.cgroup_parent.clone(),
         parent_limits: Some(ParentLimits {
             memory_bytes: o.memory_budget_mb * 1024 * 1024,
@@ -182,7 +185,9 @@ fn docker_config(config: &PlatformConfig, layout: &DataLayout) -> DockerConfig {
     let defaults = DockerConfig::default();
     DockerConfig {
         host: d.host.clone(),
-        instances_dir: layout.docker(),
+        instances_dir: layout.sockets("docker"),
+        views_dir: layout.views(),
+        views_mounts: layout.view_mounts("docker"),
         owner: layout.owner_label(),
         host_ids: config.host_ids.clone(),
         pids_limit: d.pids_limit.unwrap_or(defaults.pids_limit),

@@ -16,7 +16,15 @@ use std::path::{Path, PathBuf};
 /// <data>/run/microvm/<id>/      VM directories (sockets, console log)
 /// <data>/run/microvm-snapshots/ saved VM states
 /// <data>/microvm-disks/         per-function code and dependency disks
+/// <data>/views/                 images of code and dependency views (containers)
+/// <data>/run/views/<kind>/      where those views are mounted
+///
+/// /run/faas/sockets/<owner>/<kind>/<id>/   agent sockets of container instances
 /// ```
+///
+/// The socket directories live outside the data directory: a container sees
+/// the origin of its bind mounts in `/proc/self/mountinfo`, and must not learn
+/// where the platform keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataLayout {
     root: PathBuf,
@@ -53,11 +61,6 @@ impl DataLayout {
         self.root.join("run/build")
     }
 
-    /// Agent socket directories of Docker containers.
-    pub fn docker(&self) -> PathBuf {
-        self.root.join("run/docker")
-    }
-
     /// VM directories.
     pub fn microvm_run(&self) -> PathBuf {
         self.root.join("run/microvm")
@@ -71,6 +74,23 @@ impl DataLayout {
     /// Per-function microVM disks.
     pub fn microvm_disks(&self) -> PathBuf {
         self.root.join("microvm-disks")
+    }
+
+    /// Agent socket directories of `kind`'s instances.
+    pub fn sockets(&self, kind: &str) -> PathBuf {
+        PathBuf::from("/run/faas/sockets")
+            .join(self.owner_label())
+            .join(kind)
+    }
+
+    /// Images of code and dependency views.
+    pub fn views(&self) -> PathBuf {
+        self.root.join("views")
+    }
+
+    /// Where `kind`'s views are mounted.
+    pub fn view_mounts(&self, kind: &str) -> PathBuf {
+        self.root.join("run/views").join(kind)
     }
 
     /// The `faas.owner` label of this node's Docker containers: a digest of

@@ -474,6 +474,11 @@ impl TestServer {
                 leftovers.push(format!("microVM snapshot {}", state.path().display()));
             }
         }
+        // ...and its runtime directories outside the data directory.
+        let sockets = self.layout().sockets("native");
+        if let Some(parent) = sockets.parent().filter(|p| p.exists()) {
+            leftovers.push(format!("socket directory {}", parent.display()));
+        }
         // A stopped server also removes the parent cgroups its instances and
         // build sandboxes lived in.
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
@@ -502,7 +507,7 @@ impl TestServer {
         let count = |dir: std::path::PathBuf| std::fs::read_dir(dir).map_or(0, |d| d.count());
         match self.executor {
             Executor::Native => count(layout.instances()),
-            Executor::Docker => count(layout.docker()),
+            Executor::Docker => count(layout.sockets("docker")),
             Executor::Microvm | Executor::Firecracker => count(layout.microvm_run()),
         }
     }
@@ -579,9 +584,11 @@ impl TestServer {
                 found.push(format!("microVM dir {}", e.path().display()));
             }
         }
-        if let Ok(entries) = std::fs::read_dir(layout.docker()) {
-            for e in entries.flatten() {
-                found.push(format!("docker instance dir {}", e.path().display()));
+        for kind in ["native", "docker"] {
+            if let Ok(entries) = std::fs::read_dir(layout.sockets(kind)) {
+                for e in entries.flatten() {
+                    found.push(format!("{kind} socket dir {}", e.path().display()));
+                }
             }
         }
         let data = self.data.path().to_string_lossy().to_string();

@@ -32,6 +32,7 @@ use crate::ids::{HostIds, IdSlot};
 use crate::instance::{AgentInstance, Backend};
 use crate::native::cgroup::Freezer;
 use crate::socket::AgentListener;
+use crate::views::{View, Views};
 use crate::{ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox};
 
 /// Label on every container we create.
@@ -44,8 +45,13 @@ pub const LABEL_OWNER: &str = "faas.owner";
 pub struct DockerConfig {
     /// Daemon socket (`unix:///path`); `None`: `DOCKER_HOST` or `/var/run/docker.sock`.
     pub host: Option<String>,
-    /// Per-instance directories (the agent's socket).
+    /// Per-instance directories (the agent's socket): outside the data
+    /// directory, since the container sees this path (as its mount's origin).
     pub instances_dir: PathBuf,
+    /// Cached images of the read-only code and dependency views.
+    pub views_dir: PathBuf,
+    /// Where the views are mounted.
+    pub views_mounts: PathBuf,
     /// Value of the `faas.owner` label: which server's containers are whose.
     pub owner: String,
     /// Host id ranges, one per container.
@@ -64,7 +70,9 @@ impl Default for DockerConfig {
     fn default() -> Self {
         DockerConfig {
             host: None,
-            instances_dir: PathBuf::from("/run/faas/docker"),
+            instances_dir: PathBuf::from("/run/faas/sockets/docker"),
+            views_dir: PathBuf::from("/var/lib/faas/views"),
+            views_mounts: PathBuf::from("/run/faas/views/docker"),
             owner: "default".into(),
             host_ids: HostIds::default(),
             pids_limit: 128,
@@ -84,6 +92,7 @@ pub struct DockerSandbox {
     imported: Mutex<HashSet<Language>>,
     /// Containers whose removal failed (daemon down); retried at the next start.
     orphans: Orphans,
+    views: Arc<Views>,
 }
 
 type Orphans = Arc<std::sync::Mutex<Vec<String>>>;
@@ -107,6 +116,7 @@ impl DockerSandbox {
                 config.instances_dir.display()
             )))?;
         Ok(DockerSandbox {
+            views: Views::new(config.views_dir.clone(), config.views_mounts.clone()),
             docker,
             config,
             images,
@@ -162,14 +172,20 @@ impl DockerSandbox {
         self.imported.lock().await.remove(&lang);
     }
 
-    fn host_config(&self, spec: &InstanceSpec, socket_dir: &Path) -> HostConfig {
+    fn host_config(
+        &self,
+        spec: &InstanceSpec,
+        socket_dir: &Path,
+        code: Option<&Path>,
+        deps: Option<&Path>,
+    ) -> HostConfig {
         let memory = i64::from(spec.memory_mb) * 1024 * 1024;
         let tmp_mb = self.config.tmp_mb.min(spec.memory_mb);
         let mut binds = vec![format!("{}:{GUEST_SOCKET_DIR}:ro", socket_dir.display())];
-        if let Some(code) = &spec.code_dir {
+        if let Some(code) = code {
             binds.push(format!("{}:{GUEST_CODE_DIR}:ro", code.display()));
         }
-        if let Some(deps) = &spec.deps_dir {
+        if let Some(deps) = deps {
             binds.push(format!("{}:{GUEST_DEPS_DIR}:ro", deps.display()));
         }
         HostConfig {
@@ -217,11 +233,30 @@ impl Sandbox for DockerSandbox {
             orphans: self.orphans.clone(),
             freezer: None,
             ids: None,
+            views: Vec::new(),
         };
         let ids = backend.ids.insert(self.config.host_ids.allocate()?);
         let uid = ids.host_base() + FUNCTION_UID;
         let socket_dir = dir.join("sock");
         let listener = AgentListener::bind(&socket_dir, uid).await?;
+        if let Some(code) = &spec.code_dir {
+            backend.views.push(self.views.acquire(code, "code").await?);
+        }
+        if let Some(deps) = &spec.deps_dir {
+            backend.views.push(self.views.acquire(deps, "deps").await?);
+        }
+        let view_of = |label: &str| {
+            backend
+                .views
+                .iter()
+                .find(|v| {
+                    v.path()
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(label))
+                })
+                .map(|v| v.path().to_path_buf())
+        };
+        let (code_view, deps_view) = (view_of("code-"), view_of("deps-"));
         let env: Vec<String> = crate::base_env()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -241,7 +276,12 @@ impl Sandbox for DockerSandbox {
                 (LABEL_MANAGED.to_string(), "true".to_string()),
                 (LABEL_OWNER.to_string(), self.config.owner.clone()),
             ])),
-            host_config: Some(self.host_config(&spec, &socket_dir)),
+            host_config: Some(self.host_config(
+                &spec,
+                &socket_dir,
+                code_view.as_deref(),
+                deps_view.as_deref(),
+            )),
             ..Default::default()
         };
         let created = self
@@ -356,7 +396,19 @@ impl Sandbox for DockerSandbox {
                 let _ = tokio::fs::remove_dir_all(entry.path()).await;
             }
         }
+        let views = self.views.clone();
+        let _ = tokio::task::spawn_blocking(move || views.sweep()).await;
         Ok(removed)
+    }
+
+    async fn shutdown(&self) -> Result<usize, ExecutorError> {
+        let removed = self.reap_leftovers().await?;
+        crate::socket::remove_dirs(&self.config.instances_dir).await;
+        Ok(removed)
+    }
+
+    async fn forget_trees(&self, code: &HashSet<String>, deps: &HashSet<String>) {
+        self.views.forget(&[("code", code), ("deps", deps)]).await;
     }
 }
 
@@ -432,6 +484,8 @@ pub struct DockerBackend {
     freezer: Option<Freezer>,
     /// The container's host ids, free again once it is removed.
     ids: Option<IdSlot>,
+    /// The code and dependency views it mounts, released once it is removed.
+    views: Vec<View>,
 }
 
 impl DockerBackend {
@@ -500,6 +554,7 @@ impl Backend for DockerBackend {
             }
         }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        self.views.clear();
         self.ids = None;
     }
 }
@@ -550,12 +605,13 @@ impl Drop for DockerBackend {
         if self.done {
             return;
         }
-        let (docker, name, dir, created, ids) = (
+        let (docker, name, dir, created, ids, views) = (
             self.docker.clone(),
             self.name.clone(),
             self.dir.clone(),
             self.created,
             self.ids.take(),
+            std::mem::take(&mut self.views),
         );
         // Drop cannot await; hand the removal to the runtime if there is one.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -564,6 +620,7 @@ impl Drop for DockerBackend {
                     let _ = docker.remove_container(&name, Some(force())).await;
                 }
                 let _ = tokio::fs::remove_dir_all(&dir).await;
+                drop(views);
                 drop(ids);
             });
         } else {

@@ -16,6 +16,7 @@ use super::NativeConfig;
 use crate::ids::IdSlot;
 use crate::instance::{AgentInstance, Backend};
 use crate::socket::AgentListener;
+use crate::views::{View, Views};
 use crate::{ExecutorError, InstanceSpec};
 
 /// Lines of runc/agent stderr kept for error messages.
@@ -50,6 +51,10 @@ pub(super) struct InstanceGuard {
     pub(super) child: Option<Child>,
     /// The instance's host ids: free again only once nothing runs under them.
     pub(super) ids: Option<IdSlot>,
+    /// The code and dependency views it mounts, released after it is gone.
+    pub(super) views: Vec<View>,
+    /// Its agent socket directory (outside the bundle; see `NativeConfig`).
+    pub(super) socket_dir: Option<PathBuf>,
     done: bool,
 }
 
@@ -71,6 +76,8 @@ impl InstanceGuard {
             cleanups,
             child: None,
             ids: None,
+            views: Vec::new(),
+            socket_dir: None,
             done: false,
         }
     }
@@ -99,6 +106,10 @@ impl InstanceGuard {
             }
         }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        if let Some(sockets) = self.socket_dir.take() {
+            let _ = tokio::fs::remove_dir_all(sockets).await;
+        }
+        self.views.clear();
         self.ids = None;
     }
 }
@@ -117,6 +128,8 @@ impl Drop for InstanceGuard {
         );
         let child = self.child.take();
         let ids = self.ids.take();
+        let views = std::mem::take(&mut self.views);
+        let socket_dir = self.socket_dir.take();
         // Drop cannot await; a plain thread keeps this off the async runtime.
         let cleanup = std::thread::spawn(move || {
             // `runc run` first: dropped mid-start it may still be creating the
@@ -140,6 +153,10 @@ impl Drop for InstanceGuard {
             // What a half-created container left in its cgroups.
             super::cgroup::sweep_instance(&parent, &id);
             let _ = std::fs::remove_dir_all(&dir);
+            if let Some(sockets) = socket_dir {
+                let _ = std::fs::remove_dir_all(sockets);
+            }
+            drop(views);
             drop(ids);
         });
         let mut pending = self.cleanups.0.lock().expect("cleanups lock");
@@ -165,6 +182,7 @@ pub(super) async fn start(
     config: &NativeConfig,
     cgroups: &CgroupLayout,
     cleanups: &Arc<Cleanups>,
+    views: &Arc<Views>,
     rootfs: &Path,
     spec: InstanceSpec,
 ) -> Result<AgentInstance<NativeBackend>, ExecutorError> {
@@ -174,8 +192,30 @@ pub(super) async fn start(
     let mut guard = InstanceGuard::new(&id, &dir, config, cleanups.clone());
     let ids = guard.ids.insert(config.host_ids.allocate()?);
     let (host_base, host_uid) = (ids.host_base(), ids.sandbox_host_uid());
-    let socket_dir = dir.join("sock");
+    let socket_dir = guard
+        .socket_dir
+        .insert(config.sockets_dir.join(&id))
+        .clone();
     let listener = AgentListener::bind(&socket_dir, host_uid).await?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
+    let view = |path: Option<PathBuf>, label: &'static str| {
+        let views = views.clone();
+        async move {
+            match path {
+                Some(p) => views.acquire(&p, label).await.map(Some),
+                None => Ok(None),
+            }
+        }
+    };
+    let code = view(spec.code_dir.clone(), "code").await?;
+    let deps = view(spec.deps_dir.clone(), "deps").await?;
+    let (code_dir, deps_dir) = (
+        code.as_ref().map(|v| v.path().to_path_buf()),
+        deps.as_ref().map(|v| v.path().to_path_buf()),
+    );
+    guard.views.extend(code.into_iter().chain(deps));
 
     let oci = spec::build(
         config,
@@ -184,8 +224,8 @@ pub(super) async fn start(
         &InstanceMounts {
             rootfs,
             socket_dir: &socket_dir,
-            code_dir: spec.code_dir.as_deref(),
-            deps_dir: spec.deps_dir.as_deref(),
+            code_dir: code_dir.as_deref(),
+            deps_dir: deps_dir.as_deref(),
         },
         InstanceIds {
             host_base,
@@ -361,10 +401,12 @@ pub(super) async fn reap_leftovers(config: &NativeConfig) -> Result<usize, Execu
     .await
     .unwrap_or(0);
     let mut dirs = 0;
-    if let Ok(mut entries) = tokio::fs::read_dir(&config.instances_dir).await {
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let _ = tokio::fs::remove_dir_all(entry.path()).await;
-            dirs += 1;
+    for parent in [&config.instances_dir, &config.sockets_dir] {
+        if let Ok(mut entries) = tokio::fs::read_dir(parent).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let _ = tokio::fs::remove_dir_all(entry.path()).await;
+                dirs += 1;
+            }
         }
     }
     Ok(ids.len().max(dirs).max(swept))

@@ -13,7 +13,7 @@ pub(crate) mod cgroup;
 mod instance;
 pub mod spec;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use faas_common::Language;
 use tokio::process::Command;
 
 use crate::ids::HostIds;
+use crate::views::Views;
 use crate::{ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox};
 pub use cgroup::{CgroupLayout, ParentLimits};
 
@@ -35,6 +36,13 @@ pub struct NativeConfig {
     pub state_dir: PathBuf,
     /// Per-instance bundle directories.
     pub instances_dir: PathBuf,
+    /// Per-instance agent socket directories: outside the data directory,
+    /// since the sandbox sees this path (as its mount's origin).
+    pub sockets_dir: PathBuf,
+    /// Cached images of the read-only code and dependency views.
+    pub views_dir: PathBuf,
+    /// Where the views are mounted.
+    pub views_mounts: PathBuf,
     /// Parent cgroup of every instance (`/<parent>/<instance id>`).
     pub cgroup_parent: String,
     /// Limits on that parent: all instances together.
@@ -67,6 +75,9 @@ impl Default for NativeConfig {
             runc: PathBuf::from("runc"),
             state_dir: PathBuf::from("/run/faas/runc"),
             instances_dir: PathBuf::from("/run/faas/instances"),
+            sockets_dir: PathBuf::from("/run/faas/sockets/native"),
+            views_dir: PathBuf::from("/var/lib/faas/views"),
+            views_mounts: PathBuf::from("/run/faas/views/native"),
             cgroup_parent: "faas".into(),
             parent_limits: None,
             host_ids: HostIds::default(),
@@ -86,6 +97,7 @@ pub struct NativeSandbox {
     images: HashMap<Language, ImageRef>,
     cgroups: CgroupLayout,
     cleanups: Arc<instance::Cleanups>,
+    views: Arc<Views>,
 }
 
 impl NativeSandbox {
@@ -112,7 +124,11 @@ impl NativeSandbox {
                 config.runc.display()
             )));
         }
-        for dir in [&config.state_dir, &config.instances_dir] {
+        for dir in [
+            &config.state_dir,
+            &config.instances_dir,
+            &config.sockets_dir,
+        ] {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
@@ -123,6 +139,7 @@ impl NativeSandbox {
             ));
         }
         Ok(NativeSandbox {
+            views: Views::new(config.views_dir.clone(), config.views_mounts.clone()),
             config,
             images,
             cgroups: CgroupLayout::detect(),
@@ -151,6 +168,7 @@ impl Sandbox for NativeSandbox {
             &self.config,
             &self.cgroups,
             &self.cleanups,
+            &self.views,
             &rootfs.rootfs,
             spec,
         )
@@ -160,6 +178,8 @@ impl Sandbox for NativeSandbox {
 
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
         let n = instance::reap_leftovers(&self.config).await?;
+        let views = self.views.clone();
+        let _ = tokio::task::spawn_blocking(move || views.sweep()).await;
         // The sweep removed the parent; instances to come live under its limits.
         if let Some(limits) = self.config.parent_limits {
             let parent = self.config.cgroup_parent.clone();
@@ -177,7 +197,15 @@ impl Sandbox for NativeSandbox {
     async fn shutdown(&self) -> Result<usize, ExecutorError> {
         let cleanups = self.cleanups.clone();
         let _ = tokio::task::spawn_blocking(move || cleanups.join_all()).await;
-        instance::reap_leftovers(&self.config).await
+        let n = instance::reap_leftovers(&self.config).await?;
+        let views = self.views.clone();
+        let _ = tokio::task::spawn_blocking(move || views.sweep()).await;
+        crate::socket::remove_dirs(&self.config.sockets_dir).await;
+        Ok(n)
+    }
+
+    async fn forget_trees(&self, code: &HashSet<String>, deps: &HashSet<String>) {
+        self.views.forget(&[("code", code), ("deps", deps)]).await;
     }
 }
 
