@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Language;
+use crate::{Language, SandboxKind};
 
 /// A deployed function at its newest version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ pub struct FunctionInfo {
     /// Environment variables.
     pub env: BTreeMap<String, String>,
     /// Sandbox kind it runs in.
-    pub sandbox: String,
+    pub sandbox: SandboxKind,
     /// Attested hardware it requires (`tdx`, `sev_snp`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<String>,
@@ -74,14 +74,52 @@ pub struct InvocationRecord {
     pub started_at: String,
     /// Wall time in milliseconds, queueing and cold start included.
     pub duration_ms: f64,
-    /// `success`, `error`, `timeout`, `oom`, `crash`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Outcome,
     /// Whether a new instance was started for it.
     pub cold_start: bool,
     /// Error message, if any.
     pub error: Option<String>,
     /// What the function printed.
     pub logs: String,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The handler returned.
+    Success,
+    /// The handler raised, exited non-zero, or failed to load.
+    Error,
+    /// It ran past its timeout.
+    Timeout,
+    /// It exceeded its memory limit.
+    Oom,
+    /// The sandbox or the runtime in it died.
+    Crash,
+    /// No capacity (or the server was stopping).
+    Unavailable,
+}
+
+impl Outcome {
+    /// The name in records, metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Oom => "oom",
+            Outcome::Crash => "crash",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// `GET /functions/{fn}/logs`: one page of records.

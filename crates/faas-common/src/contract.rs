@@ -32,6 +32,49 @@ pub const CODE_DISK_LABEL: &str = "faas-code";
 /// ext4 label of a microVM's dependency disk (mounted at [`GUEST_DEPS_DIR`]).
 pub const DEPS_DISK_LABEL: &str = "faas-deps";
 
+/// vsock port of the agent's frame protocol in a microVM.
+pub const AGENT_VSOCK_PORT: u32 = crate::protocol::AGENT_VSOCK_PORT;
+/// vsock port of the agent's control channel (reseed after a snapshot restore).
+pub const CONTROL_VSOCK_PORT: u32 = 1235;
+
+/// The control channel's one request: make a restored clone unique. The
+/// host's time (Unix nanoseconds) and 64 bytes of its randomness; the agent
+/// answers [`RESEED_OK`] or [`RESEED_FAILED`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reseed {
+    /// Wall-clock time to set, nanoseconds since the Unix epoch.
+    pub unix_nanos: u64,
+    /// Entropy to mix into the guest's pool.
+    pub seed: [u8; 64],
+}
+
+/// Bytes of an encoded [`Reseed`].
+pub const RESEED_LEN: usize = 72;
+/// The agent's answer to a reseed it performed.
+pub const RESEED_OK: &[u8; 3] = b"OK\n";
+/// The agent's answer to a reseed that failed (same length as [`RESEED_OK`]).
+pub const RESEED_FAILED: &[u8; 3] = b"ER\n";
+
+impl Reseed {
+    /// Wire form: the time (big endian), then the seed.
+    pub fn encode(&self) -> [u8; RESEED_LEN] {
+        let mut out = [0u8; RESEED_LEN];
+        out[..8].copy_from_slice(&self.unix_nanos.to_be_bytes());
+        out[8..].copy_from_slice(&self.seed);
+        out
+    }
+
+    /// Inverse of [`Reseed::encode`].
+    pub fn decode(bytes: &[u8; RESEED_LEN]) -> Reseed {
+        let mut seed = [0u8; 64];
+        seed.copy_from_slice(&bytes[8..]);
+        Reseed {
+            unix_nanos: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            seed,
+        }
+    }
+}
+
 /// Largest response a function may return; past it the invocation fails.
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 /// Longest error message kept from a function; the rest is cut.
@@ -67,6 +110,16 @@ pub fn keep_tail(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reseed_round_trips() {
+        let r = Reseed {
+            unix_nanos: 1_764_000_000_123_456_789,
+            seed: [7; 64],
+        };
+        assert_eq!(Reseed::decode(&r.encode()), r);
+        assert_eq!(RESEED_OK.len(), RESEED_FAILED.len());
+    }
 
     #[test]
     fn truncation_respects_characters() {

@@ -132,6 +132,10 @@ pub enum Message {
         content_type: String,
         /// Exit status (`Exec` and shell functions).
         exit_code: Option<i32>,
+        /// The signal that ended the runtime, when `failure` is `RuntimeExited`
+        /// and a signal did (9: the OOM killer's, or a kill).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
         /// Time the handler ran, in microseconds.
         duration_us: u64,
     },

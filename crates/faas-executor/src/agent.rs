@@ -24,6 +24,8 @@ pub enum AgentReply {
     RuntimeExited {
         /// How it ended.
         reason: String,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
         /// What it printed before.
         logs: String,
     },
@@ -133,6 +135,7 @@ fn into_reply(frame: Frame) -> Result<AgentReply, ExecutorError> {
             logs,
             content_type,
             exit_code,
+            signal,
             duration_us,
             ..
         } => {
@@ -141,10 +144,12 @@ fn into_reply(frame: Frame) -> Result<AgentReply, ExecutorError> {
             match failure {
                 Some(FailureKind::RuntimeExited) => Ok(AgentReply::RuntimeExited {
                     reason: error.unwrap_or_else(|| "runtime exited".into()),
+                    signal,
                     logs,
                 }),
                 Some(FailureKind::Agent) => Err(ExecutorError::Crashed {
                     reason: error.unwrap_or_else(|| "agent failure".into()),
+                    signal: None,
                     logs,
                 }),
                 _ if frame.body.len() > MAX_RESPONSE_BYTES => Ok(AgentReply::Done(InvokeOutput {
@@ -189,6 +194,7 @@ fn media_type(content_type: String) -> String {
 
 fn unexpected(message: Message) -> ExecutorError {
     ExecutorError::Crashed {
+        signal: None,
         reason: truncate(
             &format!("unexpected reply from agent: {message:?}"),
             MAX_ERROR_BYTES,

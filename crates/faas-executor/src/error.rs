@@ -42,6 +42,8 @@ pub enum ExecutorError {
     Crashed {
         /// What is known about the crash.
         reason: String,
+        /// The signal that ended the runtime, when one did.
+        signal: Option<i32>,
         /// What the function printed before.
         logs: String,
     },

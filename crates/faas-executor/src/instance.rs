@@ -113,7 +113,7 @@ impl<B: Backend> AgentInstance<B> {
     async fn classify(&mut self, err: ExecutorError) -> ExecutorError {
         let logs = err.logs().unwrap_or_default().to_string();
         let killed = match &err {
-            ExecutorError::Crashed { reason, .. } => reason.contains("signal 9"),
+            ExecutorError::Crashed { signal, .. } => *signal == Some(libc::SIGKILL),
             ExecutorError::Protocol(_) => true,
             _ => false,
         };
@@ -125,6 +125,7 @@ impl<B: Backend> AgentInstance<B> {
         }
         match err {
             ExecutorError::Protocol(e) => ExecutorError::Crashed {
+                signal: None,
                 reason: format!("lost the agent ({e}); {}", self.backend.diagnose().await),
                 logs,
             },
@@ -181,9 +182,17 @@ impl<B: Backend> AgentInstance<B> {
                 }
                 Ok(out)
             }
-            Ok(AgentReply::RuntimeExited { reason, logs }) => {
-                Err(self.classify(ExecutorError::Crashed { reason, logs }).await)
-            }
+            Ok(AgentReply::RuntimeExited {
+                reason,
+                signal,
+                logs,
+            }) => Err(self
+                .classify(ExecutorError::Crashed {
+                    reason,
+                    signal,
+                    logs,
+                })
+                .await),
             Err(e) => Err(self.classify(e).await),
         }
     }
@@ -236,6 +245,7 @@ impl<B: Backend> Instance for AgentInstance<B> {
             }
             Ok(Err(e)) => Err(self.classify(e).await),
             Err(_) => Err(ExecutorError::Crashed {
+                signal: None,
                 reason: format!(
                     "agent did not answer a heartbeat within {timeout:?}; {}",
                     self.backend.diagnose().await

@@ -17,6 +17,8 @@ mod instance;
 pub mod microvm;
 pub mod native;
 pub mod socket;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use faas_common::protocol::InitSpec;
-use faas_common::{InvocationResult, Language, SandboxConfig};
+use faas_common::{InvocationResult, Language, SandboxConfig, SandboxKind};
 
 pub use error::ExecutorError;
 
@@ -84,8 +86,8 @@ pub struct Ready {
 /// One kind of isolation.
 #[async_trait]
 pub trait Sandbox: Send + Sync + 'static {
-    /// `native`, `docker`, `microvm`.
-    fn kind(&self) -> &'static str;
+    /// Which kind of isolation it is.
+    fn kind(&self) -> SandboxKind;
 
     /// Start an instance and, when `spec.init` is set, load its handler.
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError>;

@@ -36,6 +36,8 @@ pub struct Outcome {
     pub logs: String,
     pub content_type: String,
     pub exit_code: Option<i32>,
+    /// The signal that ended the runtime, if one did.
+    pub signal: Option<i32>,
     pub duration_us: u64,
     pub body: Vec<u8>,
 }
@@ -48,6 +50,7 @@ impl Outcome {
             logs: String::new(),
             content_type: "text/plain".into(),
             exit_code: None,
+            signal: None,
             duration_us: 0,
             body: Vec::new(),
         }
@@ -64,6 +67,7 @@ impl Outcome {
                 logs: self.logs,
                 content_type: self.content_type,
                 exit_code: self.exit_code,
+                signal: self.signal,
                 duration_us: self.duration_us,
             },
             self.body,
@@ -222,6 +226,7 @@ fn run_once(argv: &[String], env: &[String], cwd: Option<&str>, stdin: Vec<u8>) 
                 "application/octet-stream".into()
             },
             exit_code: status.code(),
+            signal: status.signal(),
             duration_us,
             body: stdout,
         },
@@ -468,20 +473,32 @@ impl Bootstrap {
                         .unwrap_or("application/octet-stream")
                         .to_string(),
                     exit_code: None,
+                    signal: None,
                     duration_us,
                     body,
                 }
             }
             Err(e) => {
                 let error = self.exit_reason(format!("runtime failed: {e}"));
+                let signal = self.exit_signal();
                 let logs = self.logs.take_until(&marker(request_id), MARKER_WAIT);
                 Outcome {
                     logs,
                     duration_us,
+                    signal,
                     ..Outcome::failed(FailureKind::RuntimeExited, error)
                 }
             }
         }
+    }
+
+    /// The signal that ended the bootstrap, if it has ended by one.
+    fn exit_signal(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .and_then(|s| s.signal())
     }
 
     /// Describe how the bootstrap ended, or `fallback` if it is still running.

@@ -6,8 +6,8 @@
 //! is the wall, these keep a function from attacking the guest kernel through
 //! the calls it never needs.
 //!
-//! Also the host's control requests on [`CONTROL_PORT`] (reseeding the RNG and
-//! setting the clock after a snapshot restore).
+//! Also the host's control requests on [`CONTROL_VSOCK_PORT`] (reseeding the
+//! RNG and setting the clock after a snapshot restore).
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -15,14 +15,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
 use faas_common::contract::{
-    CODE_DISK_LABEL, DEPS_DISK_LABEL, FUNCTION_UID, GUEST_CODE_DIR, GUEST_DEPS_DIR,
+    Reseed, CODE_DISK_LABEL, CONTROL_VSOCK_PORT, DEPS_DISK_LABEL, FUNCTION_UID, GUEST_CODE_DIR,
+    GUEST_DEPS_DIR, RESEED_FAILED, RESEED_LEN, RESEED_OK,
 };
-
-/// vsock port of the control listener (clone fix-ups after a restore).
-pub const CONTROL_PORT: u32 = 1235;
-/// Bytes a reseed request carries: 8 bytes of Unix time in nanoseconds (big
-/// endian), then 64 bytes of fresh randomness from the host.
-pub const RESEED_LEN: usize = 72;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const FUNCTION_CGROUP: &str = "/sys/fs/cgroup/function";
@@ -442,11 +437,11 @@ pub fn open_port(name: &str) -> std::io::Result<std::fs::File> {
 fn serve_reseed(conn: &mut (impl Read + Write)) -> std::io::Result<()> {
     let mut req = [0u8; RESEED_LEN];
     conn.read_exact(&mut req)?;
-    let reply: &[u8] = match reseed(&req) {
-        Ok(()) => b"OK\n",
+    let reply: &[u8] = match reseed(&Reseed::decode(&req)) {
+        Ok(()) => RESEED_OK,
         Err(e) => {
             eprintln!("faas-guest-agent: reseed: {e}");
-            b"ERR\n"
+            RESEED_FAILED
         }
     };
     conn.write_all(reply)
@@ -454,7 +449,7 @@ fn serve_reseed(conn: &mut (impl Read + Write)) -> std::io::Result<()> {
 
 /// Serve reseed requests from a thread of its own, so a restored clone can be
 /// fixed up while the main connection is re-established: on vsock port
-/// [`CONTROL_PORT`], or on the `faas.control` virtio-serial port.
+/// [`CONTROL_VSOCK_PORT`], or on the `faas.control` virtio-serial port.
 pub fn spawn_control_listener() {
     if serial_transport() {
         let mut port = match open_port(faas_common::protocol::CONTROL_PORT_NAME) {
@@ -473,10 +468,10 @@ pub fn spawn_control_listener() {
         });
         return;
     }
-    let listener = match vsock_listen(CONTROL_PORT) {
+    let listener = match vsock_listen(CONTROL_VSOCK_PORT) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("faas-guest-agent: control port {CONTROL_PORT}: {e}");
+            eprintln!("faas-guest-agent: control port {CONTROL_VSOCK_PORT}: {e}");
             return;
         }
     };
@@ -491,9 +486,9 @@ pub fn spawn_control_listener() {
 /// Mix the host's randomness into the kernel pool, credit it, force the CRNG to
 /// reseed (so no two clones of one snapshot share a random stream), and set the
 /// clock to the host's time (a snapshot carries its own, stale, time).
-fn reseed(req: &[u8; RESEED_LEN]) -> std::io::Result<()> {
-    let nanos = u64::from_be_bytes(req[..8].try_into().expect("8 bytes"));
-    let seed = &req[8..];
+fn reseed(req: &Reseed) -> std::io::Result<()> {
+    let nanos = req.unix_nanos;
+    let seed = &req.seed[..];
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
     let mut info = Vec::with_capacity(8 + seed.len());
     info.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());

@@ -1,3 +1,5 @@
+use faas_common::api::Outcome;
+
 /// How an invocation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -14,13 +16,13 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    /// The `outcome` label used in records and metrics.
-    pub fn outcome(self) -> &'static str {
+    /// The outcome recorded for it.
+    pub fn outcome(self) -> Outcome {
         match self {
-            FailureKind::Handler | FailureKind::Init => "error",
-            FailureKind::Timeout => "timeout",
-            FailureKind::OutOfMemory => "oom",
-            FailureKind::Crash => "crash",
+            FailureKind::Handler | FailureKind::Init => Outcome::Error,
+            FailureKind::Timeout => Outcome::Timeout,
+            FailureKind::OutOfMemory => Outcome::Oom,
+            FailureKind::Crash => Outcome::Crash,
         }
     }
 }

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use faas_archive::CodeStore;
 use faas_common::api::{
-    FunctionInfo, FunctionStatus, InvocationList, InvocationRecord, JobBinding,
+    FunctionInfo, FunctionStatus, InvocationList, InvocationRecord, JobBinding, Outcome,
 };
 use faas_common::contract::{GUEST_CODE_DIR, GUEST_DEPS_DIR};
 use faas_common::protocol::InitSpec;
 use faas_common::{
-    ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig,
+    ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig, SandboxKind,
 };
 use faas_executor::native::build::BuildSandbox;
 use faas_executor::{ExecutorError, InstanceSpec, Sandbox, SandboxExecutor};
@@ -162,12 +162,12 @@ impl Sandboxes {
     }
 
     /// The default kind.
-    pub fn default_kind(&self) -> &'static str {
+    pub fn default_kind(&self) -> SandboxKind {
         self.default.kind()
     }
 
     /// Every kind offered, the default first.
-    pub fn kinds(&self) -> Vec<&'static str> {
+    pub fn kinds(&self) -> Vec<SandboxKind> {
         self.all().map(|s| s.kind()).collect()
     }
 
@@ -175,7 +175,7 @@ impl Sandboxes {
         std::iter::once(&self.default).chain(self.others.iter())
     }
 
-    fn get(&self, kind: &str) -> Option<&Arc<dyn Sandbox>> {
+    fn get(&self, kind: SandboxKind) -> Option<&Arc<dyn Sandbox>> {
         self.all().find(|s| s.kind() == kind)
     }
 }
@@ -227,7 +227,8 @@ impl Orchestrator {
                 tracing::warn!("could not check for leftover build sandboxes: {e}");
             }
         }
-        let metrics = Arc::new(Metrics::new(&sandboxes.kinds()));
+        let kinds: Vec<&str> = sandboxes.kinds().iter().map(|k| k.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(&kinds));
         let pool = Pool::new(
             pool::PoolLimits {
                 instances: config.max_instances,
@@ -306,7 +307,7 @@ impl Orchestrator {
     }
 
     /// Sandbox kinds offered, the default first.
-    pub fn sandbox_kinds(&self) -> Vec<&'static str> {
+    pub fn sandbox_kinds(&self) -> Vec<SandboxKind> {
         self.sandboxes.kinds()
     }
 
@@ -330,12 +331,20 @@ impl Orchestrator {
             .map(|k| k.as_str().to_string());
         let sandbox = match def.sandbox.as_deref() {
             None => self.sandboxes.default_kind(),
-            Some(kind) => self.sandboxes.get(kind).map(|s| s.kind()).ok_or_else(|| {
-                OrchestratorError::BadRequest(format!(
-                    "sandbox {kind:?} is not enabled on this node (enabled: {})",
-                    self.sandboxes.kinds().join(", ")
-                ))
-            })?,
+            Some(name) => {
+                let kind: SandboxKind =
+                    name.parse().map_err(|e: faas_common::UnknownSandboxKind| {
+                        OrchestratorError::BadRequest(e.to_string())
+                    })?;
+                self.sandboxes.get(kind).map(|s| s.kind()).ok_or_else(|| {
+                    let enabled: Vec<&str> =
+                        self.sandboxes.kinds().iter().map(|k| k.as_str()).collect();
+                    OrchestratorError::BadRequest(format!(
+                        "sandbox {name:?} is not enabled on this node (enabled: {})",
+                        enabled.join(", ")
+                    ))
+                })?
+            }
         };
         let handler = def.handler.trim().to_string();
         let limits = self.config.code_limits;
@@ -371,38 +380,32 @@ impl Orchestrator {
         let record = self
             .store
             .add_version(def.name.clone(), move |id, version| FunctionVersion {
-                info: FunctionInfo {
-                    id: id.to_string(),
-                    name,
-                    version,
-                    language,
-                    handler,
-                    memory_mb,
-                    timeout_sec,
-                    dependencies,
-                    env,
-                    sandbox: sandbox.to_string(),
-                    attestation,
-                    created_at: now_rfc3339(),
-                },
+                id: id.to_string(),
+                name,
+                version,
+                language,
+                handler,
+                memory_mb,
+                timeout_sec,
+                dependencies,
+                env,
+                sandbox,
+                attestation,
+                created_at: now_rfc3339(),
                 code_sha256: code_sha,
                 deps_sha256: deps_sha,
             })
             .await?;
         drop(_storing);
         // Older versions' warm instances would serve stale code.
-        self.pool.retire(&record.info.id, record.info.version);
-        tracing::info!(
-            function = %record.info.name,
-            version = record.info.version,
-            "deployed"
-        );
-        Ok(record.info)
+        self.pool.retire(&record.id, record.version);
+        tracing::info!(function = %record.name, version = record.version, "deployed");
+        Ok(record.info())
     }
 
     /// A function's newest version.
     pub async fn get(&self, id_or_name: &str) -> Result<FunctionInfo, OrchestratorError> {
-        Ok(self.store.latest(id_or_name).await?.info)
+        Ok(self.store.latest(id_or_name).await?.info())
     }
 
     /// Every function.
@@ -412,7 +415,7 @@ impl Orchestrator {
             .list()
             .await?
             .into_iter()
-            .map(|v| v.info)
+            .map(|v| v.info())
             .collect())
     }
 
@@ -466,7 +469,7 @@ impl Orchestrator {
 
     /// Instance and invocation counts.
     pub async fn status(&self, id_or_name: &str) -> Result<FunctionStatus, OrchestratorError> {
-        let f = self.store.latest(id_or_name).await?.info;
+        let f = self.store.latest(id_or_name).await?;
         let (warm, busy) = self.pool.counts(&f.id);
         let (invocations, failures) = self.store.counts(&f.id).await?;
         Ok(FunctionStatus {
@@ -495,7 +498,7 @@ impl Orchestrator {
                     .map_err(|_| OrchestratorError::BadRequest(format!("invalid cursor {b:?}")))
             })
             .transpose()?;
-        let f = self.store.latest(id_or_name).await?.info;
+        let f = self.store.latest(id_or_name).await?;
         let limit = limit.clamp(1, 100);
         // One more than asked says whether there is a next page.
         let rows = self.store.invocations(&f.id, limit + 1, before).await?;
@@ -549,7 +552,7 @@ impl Orchestrator {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let request_id = uuid::Uuid::new_v4().to_string();
-        let info = &f.info;
+        let info = &f;
         let key = PoolKey {
             function_id: info.id.clone(),
             version: info.version,
@@ -560,7 +563,7 @@ impl Orchestrator {
             None => None,
             Some(required) => Some(self.admit(&info.name, required)?),
         };
-        let Some(sandbox) = self.sandboxes.get(&info.sandbox) else {
+        let Some(sandbox) = self.sandboxes.get(info.sandbox) else {
             return Err(OrchestratorError::Unavailable(format!(
                 "function {} needs the {} sandbox, which this node no longer offers",
                 info.name, info.sandbox
@@ -592,6 +595,7 @@ impl Orchestrator {
                     out = lease.instance().invoke(&request_id, payload, timeout) => out,
                     () = self.stopping_for(SHUTDOWN_GRACE) => Err(ExecutorError::Crashed {
                         reason: "the server shut down during the invocation".into(),
+                        signal: None,
                         logs: String::new(),
                     }),
                 };
@@ -620,7 +624,7 @@ impl Orchestrator {
         };
         let duration = started.elapsed();
         let (outcome, error, logs) = match &result {
-            Ok((_, _, logs)) => ("success", None, logs.clone()),
+            Ok((_, _, logs)) => (Outcome::Success, None, logs.clone()),
             Err(OrchestratorError::Invocation {
                 kind,
                 message,
@@ -628,15 +632,15 @@ impl Orchestrator {
                 ..
             }) => (kind.outcome(), Some(message.clone()), logs.clone()),
             Err(OrchestratorError::Unavailable(m)) => {
-                ("unavailable", Some(m.clone()), String::new())
+                (Outcome::Unavailable, Some(m.clone()), String::new())
             }
-            Err(e) => ("crash", Some(e.to_string()), String::new()),
+            Err(e) => (Outcome::Crash, Some(e.to_string()), String::new()),
         };
         self.metrics
             .invocations
             .get_or_create(&OutcomeLabels {
                 function: info.name.clone(),
-                outcome: outcome.into(),
+                outcome: outcome.as_str().into(),
             })
             .inc();
         self.metrics
@@ -650,7 +654,7 @@ impl Orchestrator {
             version: info.version,
             started_at,
             duration_ms: duration.as_secs_f64() * 1000.0,
-            outcome: outcome.into(),
+            outcome,
             cold_start: cold,
             error,
             logs,
@@ -702,7 +706,7 @@ impl Orchestrator {
     }
 
     fn instance_spec(&self, f: &FunctionVersion) -> InstanceSpec {
-        let info = &f.info;
+        let info = &f;
         let deps_dir = f.deps_sha256.as_ref().map(|sha| self.deps.dir(sha));
         InstanceSpec {
             language: info.language,

@@ -562,3 +562,290 @@ impl Pool {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use faas_common::protocol::InitSpec;
+    use faas_common::Language;
+    use faas_executor::testing::FakeSandbox;
+
+    use super::*;
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(&["native"]))
+    }
+
+    fn pool(instances: usize, per_function: usize) -> Arc<Pool> {
+        Pool::new(
+            PoolLimits {
+                instances,
+                per_function,
+                memory_mb: 1024,
+            },
+            Duration::from_secs(300),
+            Duration::from_secs(3600),
+            metrics(),
+        )
+    }
+
+    fn key(f: &str, version: u32) -> PoolKey {
+        PoolKey {
+            function_id: f.into(),
+            version,
+        }
+    }
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            language: Language::Python,
+            code_dir: None,
+            deps_dir: None,
+            memory_mb: 64,
+            init: Some(InitSpec {
+                language: Language::Python,
+                handler: "m.h".into(),
+                code_dir: "/var/task".into(),
+                deps_dir: None,
+                function_name: "f".into(),
+                function_version: 1,
+                memory_mb: 64,
+                env: Default::default(),
+            }),
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(2);
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn reuses_a_warm_instance() {
+        let sandbox = FakeSandbox::default();
+        let pool = pool(4, 4);
+        let lease = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        assert!(lease.cold);
+        let id = lease.instance.id().to_string();
+        pool.release(lease, true);
+        let lease = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        assert!(!lease.cold);
+        assert_eq!(lease.instance.id(), id);
+        assert_eq!(sandbox.counters.started.load(Ordering::SeqCst), 1);
+        pool.release(lease, false);
+        settle().await;
+        assert_eq!(
+            sandbox.counters.destroyed.load(Ordering::SeqCst),
+            1,
+            "an unhealthy instance goes"
+        );
+    }
+
+    #[tokio::test]
+    async fn evicts_the_longest_idle_at_the_cap() {
+        let sandbox = FakeSandbox::default();
+        let pool = pool(2, 2);
+        for f in ["a", "b"] {
+            let lease = pool
+                .acquire(&key(f, 1), &sandbox, spec, 64, WAIT)
+                .await
+                .unwrap();
+            pool.release(lease, true);
+        }
+        let lease = pool
+            .acquire(&key("c", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(sandbox.counters.destroyed.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.counts("a"), (0, 0), "a, the oldest, was evicted");
+        assert_eq!(pool.counts("b"), (1, 0));
+        pool.release(lease, true);
+    }
+
+    #[tokio::test]
+    async fn a_function_cannot_take_the_node() {
+        let sandbox = FakeSandbox::default();
+        let pool = pool(4, 1);
+        let first = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        // The second caller of `a` waits for the first instance...
+        let started = Instant::now();
+        let second = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let sandbox = FakeSandbox::default();
+                pool.acquire(&key("a", 1), &sandbox, spec, 64, Duration::from_millis(200))
+                    .await
+                    .map(|l| l.cold)
+            })
+        };
+        // ...while another function gets an instance at once.
+        let other = pool
+            .acquire(&key("b", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(150));
+        assert!(matches!(
+            second.await.unwrap(),
+            Err(AcquireError::Saturated(_))
+        ));
+        pool.release(first, true);
+        let again = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        assert!(!again.cold, "the caller gets the instance that came back");
+        pool.release(again, true);
+        pool.release(other, true);
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_holds() {
+        let sandbox = FakeSandbox::default();
+        let pool = Pool::new(
+            PoolLimits {
+                instances: 8,
+                per_function: 8,
+                memory_mb: 100,
+            },
+            Duration::from_secs(300),
+            Duration::from_secs(3600),
+            metrics(),
+        );
+        let a = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let err = pool
+            .acquire(&key("b", 1), &sandbox, spec, 64, Duration::from_millis(100))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, AcquireError::Saturated(ref m) if m.contains("memory")),
+            "{err:?}"
+        );
+        assert!(matches!(
+            pool.acquire(&key("c", 1), &sandbox, spec, 200, WAIT).await,
+            Err(AcquireError::Saturated(_))
+        ));
+        pool.release(a, true);
+        // The idle instance is evicted to make room.
+        let b = pool
+            .acquire(&key("b", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        pool.release(b, true);
+    }
+
+    #[tokio::test]
+    async fn a_new_version_retires_the_old_and_the_floor_never_drops() {
+        let sandbox = FakeSandbox::default();
+        let pool = pool(4, 4);
+        let old = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let busy_old = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        pool.release(old, true);
+        pool.retire("a", 2);
+        settle().await;
+        assert_eq!(
+            sandbox.counters.destroyed.load(Ordering::SeqCst),
+            1,
+            "idle v1 goes now"
+        );
+        // A late retire of an older version cannot bring v1 back.
+        pool.retire("a", 1);
+        pool.release(busy_old, true);
+        settle().await;
+        assert_eq!(
+            sandbox.counters.destroyed.load(Ordering::SeqCst),
+            2,
+            "busy v1 goes when it returns"
+        );
+        assert_eq!(pool.counts("a"), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_hung_idle_instance_is_replaced() {
+        let sandbox = FakeSandbox::default();
+        let pool = Pool::new(
+            PoolLimits {
+                instances: 4,
+                per_function: 4,
+                memory_mb: 1024,
+            },
+            Duration::from_secs(300),
+            Duration::from_millis(100),
+            metrics(),
+        );
+        let lease = pool
+            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        pool.release(lease, true);
+        sandbox.hang_pings.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + HEARTBEAT_TIMEOUT + Duration::from_secs(3);
+        while sandbox.counters.destroyed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(sandbox.counters.destroyed.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.counts("a"), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_every_teardown_and_abandons_starts() {
+        let sandbox = Arc::new(FakeSandbox::default());
+        let pool = pool(8, 8);
+        let idle = pool
+            .acquire(&key("a", 1), &*sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        pool.release(idle, true);
+        let busy = pool
+            .acquire(&key("b", 1), &*sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let slow = Arc::new(FakeSandbox {
+            start_delay: Duration::from_secs(30),
+            ..FakeSandbox::default()
+        });
+        let starting = {
+            let (pool, slow) = (pool.clone(), slow.clone());
+            tokio::spawn(async move { pool.acquire(&key("c", 1), &*slow, spec, 64, WAIT).await })
+        };
+        settle().await;
+        let stopping = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.shutdown().await })
+        };
+        assert!(matches!(starting.await.unwrap(), Err(AcquireError::Closed)));
+        settle().await;
+        assert!(!stopping.is_finished(), "a busy instance is still out");
+        pool.release(busy, true);
+        tokio::time::timeout(Duration::from_secs(5), stopping)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sandbox.counters.destroyed.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            pool.acquire(&key("a", 1), &*sandbox, spec, 64, WAIT).await,
+            Err(AcquireError::Closed)
+        ));
+    }
+}

@@ -2,13 +2,21 @@
 //!
 //! One connection behind a mutex, used from `spawn_blocking`: SQLite serialises
 //! writers anyway, and the statements here take microseconds.
+//!
+//! The schema is versioned (`PRAGMA user_version`): [`MIGRATIONS`] brings a
+//! database of any earlier version forward, in order, each step in a
+//! transaction, so a data directory written by one release opens in the next.
+//! A version this release does not know (a newer release's) is refused.
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeMap;
+
 use faas_common::api::{FunctionInfo, InvocationRecord, JobBinding};
+use faas_common::{Language, SandboxKind};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -20,17 +28,108 @@ const KEEP_INVOCATIONS: i64 = 200;
 /// code and dependency layers only they used, go.
 const KEEP_VERSIONS: i64 = 5;
 
-/// One version of a function as stored.
+/// One version of a function as stored: what the API shows, and what it
+/// does not (the content addresses of its code and dependencies). Its JSON
+/// form is the `spec` column; fields are only ever added, with defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionVersion {
-    /// Everything the API shows.
-    #[serde(flatten)]
-    pub info: FunctionInfo,
+    /// Stable id (`fn-` + 12 hex digits).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Version number, from 1.
+    pub version: u32,
+    /// Runtime language.
+    pub language: Language,
+    /// Handler reference.
+    pub handler: String,
+    /// Memory limit, MiB.
+    pub memory_mb: u32,
+    /// Invocation time limit, seconds.
+    pub timeout_sec: u32,
+    /// Declared dependencies, as given.
+    pub dependencies: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Sandbox kind it runs in.
+    pub sandbox: SandboxKind,
+    /// Attested hardware it requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
+    /// When this version was deployed (RFC 3339).
+    pub created_at: String,
     /// SHA-256 key of the stored code tree (never shown by the API: it names
     /// a host directory).
     pub code_sha256: String,
     /// SHA-256 key of the installed dependency layer, if any.
     pub deps_sha256: Option<String>,
+}
+
+impl FunctionVersion {
+    /// What the API shows of it.
+    pub fn info(&self) -> FunctionInfo {
+        FunctionInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            version: self.version,
+            language: self.language,
+            handler: self.handler.clone(),
+            memory_mb: self.memory_mb,
+            timeout_sec: self.timeout_sec,
+            dependencies: self.dependencies.clone(),
+            env: self.env.clone(),
+            sandbox: self.sandbox,
+            attestation: self.attestation.clone(),
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
+/// The schema each version adds, in order: `MIGRATIONS[i]` takes a database
+/// from version `i` to `i + 1`. Version 0 is an empty database or one written
+/// before the schema carried a version (the same tables, all created with
+/// `IF NOT EXISTS`, so the first step applies to both).
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS functions (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        invocations INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS versions (
+        function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        PRIMARY KEY (function_id, version)
+    );
+    CREATE TABLE IF NOT EXISTS invocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);
+    CREATE TABLE IF NOT EXISTS jobs (
+        job_id INTEGER PRIMARY KEY,
+        function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE
+    );"];
+
+/// Bring `conn` to the newest schema version; returns the version it was at.
+fn migrate(conn: &mut Connection) -> Result<u32, OrchestratorError> {
+    let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let newest = MIGRATIONS.len() as u32;
+    if found > newest {
+        return Err(OrchestratorError::Internal(format!(
+            "the database is at schema version {found}, newer than this release knows ({newest}); use a newer release"
+        )));
+    }
+    for (from, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", from as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(found)
 }
 
 /// (id, name) of the function whose id or name is `key`.
@@ -53,7 +152,7 @@ pub struct Store {
 impl Store {
     /// Open (or create) the database at `path`.
     pub fn open(path: &Path) -> Result<Store, OrchestratorError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // Function definitions (their environment included) are nobody else's
         // business; SQLite gives its WAL files the same mode.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -62,32 +161,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS functions (
-                id TEXT PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE,
-                created_at TEXT NOT NULL,
-                invocations INTEGER NOT NULL DEFAULT 0,
-                failures INTEGER NOT NULL DEFAULT 0
+        let was = migrate(&mut conn)?;
+        if was != MIGRATIONS.len() as u32 {
+            tracing::info!(
+                "state database migrated from schema version {was} to {}",
+                MIGRATIONS.len()
             );
-            CREATE TABLE IF NOT EXISTS versions (
-                function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
-                version INTEGER NOT NULL,
-                spec TEXT NOT NULL,
-                PRIMARY KEY (function_id, version)
-            );
-            CREATE TABLE IF NOT EXISTS invocations (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                request_id TEXT NOT NULL,
-                function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
-                record TEXT NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);
-            CREATE TABLE IF NOT EXISTS jobs (
-                job_id INTEGER PRIMARY KEY,
-                function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE
-            );",
-        )?;
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -277,7 +357,7 @@ impl Store {
         self.with(move |conn| {
             let tx = conn.transaction()?;
             // The function may have been deleted meanwhile; then there is nothing to keep.
-            let failed = i64::from(record.outcome != "success");
+            let failed = i64::from(record.outcome != faas_common::api::Outcome::Success);
             let exists = tx.execute(
                 "UPDATE functions SET invocations = invocations + 1, failures = failures + ?2
                  WHERE id = ?1",
@@ -363,5 +443,141 @@ impl Store {
             )?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faas_common::api::Outcome;
+
+    /// A version record as the release before schema versions wrote it.
+    const PREVIOUS_RELEASE_SPEC: &str = r#"{"id":"fn-0123456789ab","name":"hello","version":1,
+        "language":"python","handler":"main.handler","memory_mb":128,"timeout_sec":30,
+        "code_sha256":"aa11","dependencies":["six==1.16.0"],"env":{"K":"v"},"sandbox":"native",
+        "created_at":"2026-11-01T00:00:00Z","deps_sha256":"bb22"}"#;
+
+    fn version_of(id: &str, version: u32, code: &str) -> FunctionVersion {
+        FunctionVersion {
+            id: id.into(),
+            name: "f".into(),
+            version,
+            language: Language::Shell,
+            handler: "run.sh".into(),
+            memory_mb: 64,
+            timeout_sec: 5,
+            dependencies: vec![],
+            env: BTreeMap::new(),
+            sandbox: SandboxKind::Native,
+            attestation: None,
+            created_at: "now".into(),
+            code_sha256: code.into(),
+            deps_sha256: None,
+        }
+    }
+
+    fn record(n: usize) -> InvocationRecord {
+        InvocationRecord {
+            request_id: format!("r{n}"),
+            version: 1,
+            started_at: "now".into(),
+            duration_ms: 1.0,
+            outcome: if n % 2 == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Error
+            },
+            cold_start: false,
+            error: None,
+            logs: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn opens_a_data_dir_of_the_previous_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            // The previous release's schema, without a version.
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute(
+                "INSERT INTO functions (id, name, created_at) VALUES ('fn-0123456789ab', 'hello', 'then')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO versions (function_id, version, spec) VALUES ('fn-0123456789ab', 1, ?1)",
+                [PREVIOUS_RELEASE_SPEC],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let f = store.latest("hello").await.unwrap();
+        assert_eq!(f.code_sha256, "aa11");
+        assert_eq!(f.deps_sha256.as_deref(), Some("bb22"));
+        assert_eq!(f.info().sandbox, SandboxKind::Native);
+        let conn = Connection::open(&path).unwrap();
+        let v: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as u32);
+        // Opening again migrates nothing and loses nothing.
+        drop(store);
+        assert_eq!(
+            Store::open(&path).unwrap().latest("hello").await.unwrap(),
+            f
+        );
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = Store::open(&path).err().expect("refused");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn versions_and_records_are_bounded_and_paged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let mut id = String::new();
+        for n in 1..=7 {
+            let v = store
+                .add_version("f".into(), move |id, version| {
+                    version_of(id, version, &format!("code{n}"))
+                })
+                .await
+                .unwrap();
+            assert_eq!(v.version, n);
+            id = v.id;
+        }
+        let (code, _) = store.referenced().await.unwrap();
+        assert_eq!(code.len(), KEEP_VERSIONS as usize, "{code:?}");
+        assert!(code.contains("code7") && !code.contains("code2"));
+        for n in 0..(KEEP_INVOCATIONS as usize + 10) {
+            store.record(id.clone(), record(n)).await.unwrap();
+        }
+        let all = store.invocations(&id, 1000, None).await.unwrap();
+        assert_eq!(all.len(), KEEP_INVOCATIONS as usize);
+        let page = store.invocations(&id, 10, None).await.unwrap();
+        let next = store
+            .invocations(&id, 10, Some(page.last().unwrap().0))
+            .await
+            .unwrap();
+        assert!(next[0].0 < page[9].0, "older records on the next page");
+        let (total, failed) = store.counts(&id).await.unwrap();
+        assert_eq!((total, failed), (210, 105));
+        store.delete("f").await.unwrap();
+        assert!(matches!(
+            store.latest("f").await,
+            Err(OrchestratorError::NotFound(_))
+        ));
+        assert!(store.referenced().await.unwrap().0.is_empty());
     }
 }

@@ -215,8 +215,8 @@ impl DockerSandbox {
 
 #[async_trait]
 impl Sandbox for DockerSandbox {
-    fn kind(&self) -> &'static str {
-        "docker"
+    fn kind(&self) -> faas_common::SandboxKind {
+        faas_common::SandboxKind::Docker
     }
 
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {

@@ -50,8 +50,7 @@ pub use qemu::{Accel, QemuConfig};
 /// The guest's vsock context id (any value >= 3 works; each VM has its own
 /// hybrid socket, so all guests can share it).
 pub const GUEST_CID: u32 = 3;
-/// The agent's control port (reseed after a snapshot restore).
-pub const CONTROL_PORT: u32 = 1235;
+use faas_common::contract::{Reseed, CONTROL_VSOCK_PORT, RESEED_OK};
 /// Labels of the extra disks, as the agent looks for them.
 pub use faas_images::microvm::{CODE_LABEL, DEPS_LABEL};
 
@@ -473,8 +472,8 @@ impl MicrovmSandbox {
 
 #[async_trait]
 impl Sandbox for MicrovmSandbox {
-    fn kind(&self) -> &'static str {
-        "microvm"
+    fn kind(&self) -> faas_common::SandboxKind {
+        faas_common::SandboxKind::Microvm
     }
 
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
@@ -535,29 +534,29 @@ impl Sandbox for MicrovmSandbox {
 /// reseed its RNG and set its clock (a snapshot's clones would otherwise share
 /// one random stream and a stale time).
 pub async fn reseed_guest(vsock_uds: &Path) -> Result<(), ExecutorError> {
-    let stream = vsock::connect(vsock_uds, CONTROL_PORT, Duration::from_secs(5))
+    let stream = vsock::connect(vsock_uds, CONTROL_VSOCK_PORT, Duration::from_secs(5))
         .await
         .map_err(|e| ExecutorError::Start(format!("reseed: {e}")))?;
     reseed_over(stream).await
 }
 
-/// The reseed exchange on a connected control channel: 8 bytes of Unix time
-/// (ns, big endian) and 64 bytes of host randomness, answered by `OK\n`.
+/// The reseed exchange ([`Reseed`]) on a connected control channel.
 async fn reseed_over(mut stream: tokio::net::UnixStream) -> Result<(), ExecutorError> {
-    let mut req = Vec::with_capacity(72);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    req.extend_from_slice(&now.to_be_bytes());
     let mut seed = [0u8; 64];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(ExecutorError::io("read host randomness"))?;
-    req.extend_from_slice(&seed);
+    let request = Reseed {
+        unix_nanos: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+        seed,
+    }
+    .encode();
     let exchange = async {
-        stream.write_all(&req).await?;
-        let mut reply = [0u8; 3];
+        stream.write_all(&request).await?;
+        let mut reply = [0u8; RESEED_OK.len()];
         stream.read_exact(&mut reply).await?;
         Ok::<_, std::io::Error>(reply)
     };
@@ -565,7 +564,7 @@ async fn reseed_over(mut stream: tokio::net::UnixStream) -> Result<(), ExecutorE
         .await
         .map_err(|_| ExecutorError::Start("reseed: no answer within 10s".into()))?
         .map_err(ExecutorError::io("reseed exchange"))?;
-    if &reply == b"OK\n" {
+    if &reply == RESEED_OK {
         Ok(())
     } else {
         Err(ExecutorError::Start("guest refused to reseed".into()))

@@ -155,8 +155,8 @@ impl NativeSandbox {
 
 #[async_trait]
 impl Sandbox for NativeSandbox {
-    fn kind(&self) -> &'static str {
-        "native"
+    fn kind(&self) -> faas_common::SandboxKind {
+        faas_common::SandboxKind::Native
     }
 
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
