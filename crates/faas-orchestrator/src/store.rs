@@ -482,7 +482,7 @@ mod tests {
             version: 1,
             started_at: "now".into(),
             duration_ms: 1.0,
-            outcome: if n % 2 == 0 {
+            outcome: if n.is_multiple_of(2) {
                 Outcome::Success
             } else {
                 Outcome::Error
