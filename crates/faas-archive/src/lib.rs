@@ -10,6 +10,8 @@
 //! Nothing touches the disk until a whole upload has been validated in memory,
 //! so a refused upload leaves nothing behind.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod error;
 mod store;
 mod tree;

@@ -5,6 +5,7 @@
 //! The flow, and what each side calls, is described in the crate README and in
 //! `docs/attestation.md`.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod attester;

@@ -6,6 +6,8 @@
 //! `docs/api.md`, including the SDK's `POST /job/{job_id}` FaaS protocol) on
 //! the same orchestrator. See `docs/blueprint.md`.
 
+#![forbid(unsafe_code)]
+
 mod gateway;
 
 use std::path::PathBuf;

@@ -21,6 +21,8 @@
 //! | `get_deployment` | `GET /jobs`, `GET /functions/{id}` |
 //! | `undeploy_job` | `DELETE /jobs/{job_id}`, `DELETE /functions/{name}` |
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 
 use base64::Engine;

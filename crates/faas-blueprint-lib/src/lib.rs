@@ -11,6 +11,8 @@
 //! job error ([`jobs::JobError`]) with the reason and the function's output.
 //! See `docs/blueprint.md`.
 
+#![forbid(unsafe_code)]
+
 mod context;
 pub mod jobs;
 

@@ -3,6 +3,8 @@
 //! A thin shell: `serve` runs the node `faas-platform` assembles; every other command
 //! is a client of the HTTP API (`--server`, `FAAS_SERVER`).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod client;
 mod commands;
 

@@ -2,7 +2,7 @@
 //!
 //! This crate is deliberately light (serde only) because the guest agent links it
 //! and must stay small. It holds:
-//! - the API types kept compatible with the original plan ([`FunctionDefinition`],
+//! - the API types whose names existing clients rely on ([`FunctionDefinition`],
 //!   [`InvocationResult`], [`ExecuteFunctionArgs`], [`SandboxConfig`]);
 //! - [`contract`]: the names, paths and bounds host and guest agent share;
 //! - [`deps`]: the dependency specifiers a function may declare;
@@ -10,6 +10,8 @@
 //! - [`validate`]: the checks of a function definition that need nothing else;
 //! - [`protocol`]: the length-prefixed, versioned frames spoken between the host
 //!   and the guest agent over a Unix socket (native, Docker) or vsock (microVM).
+
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod contract;

@@ -139,7 +139,8 @@ impl FromStr for SandboxKind {
 
 /// A function as a user deploys it (`POST /functions`).
 ///
-/// The first seven fields are the original plan's; the rest extend it.
+/// The first seven fields are the compatible core (their names are kept for
+/// existing clients); the rest extend it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FunctionDefinition {
     /// Unique, human-chosen name; deploying an existing name adds a version.
@@ -175,7 +176,8 @@ pub struct FunctionDefinition {
     pub attestation: Option<String>,
 }
 
-/// The outcome of one invocation, as the original plan defined it.
+/// The outcome of one invocation (the compatible result type of `/execute`
+/// and the executor interface).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvocationResult {
     /// Identifier of this invocation.
@@ -205,7 +207,7 @@ pub struct ExecuteFunctionArgs {
     pub payload: Vec<u8>,
 }
 
-/// What an executor needs for a one-shot run (the original plan's type).
+/// What an executor needs for a one-shot run (the compatible executor input).
 #[derive(Debug, Clone, Default)]
 pub struct SandboxConfig {
     /// Identifier used to name the sandbox.

@@ -5,9 +5,11 @@
 //!   cgroups + seccomp sandbox driven through `runc`; Docker and microVMs plug in here.
 //! - [`Instance`]: one running sandbox with a guest agent inside; it stays warm between
 //!   invocations and is destroyed by its owner (or its guard, on every error path).
-//! - [`SandboxExecutor`]: the original plan's one-shot `execute(SandboxConfig)`, provided
+//! - [`SandboxExecutor`]: the compatible one-shot `execute(SandboxConfig)`, provided
 //!   for every [`Sandbox`].
 //! - [`agent::AgentConn`]: the host side of the frame protocol, shared by all sandboxes.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod docker;
@@ -145,7 +147,7 @@ pub trait Instance: Send + Sync {
     async fn destroy(self: Box<Self>);
 }
 
-/// The original plan's executor interface: one command, one sandbox, one result.
+/// The compatible executor interface: one command, one sandbox, one result.
 #[async_trait]
 pub trait SandboxExecutor: Send + Sync {
     /// Run `config.command` in runtime `config.source` with the payload on stdin.

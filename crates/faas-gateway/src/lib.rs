@@ -3,6 +3,8 @@
 //! Thin on purpose: parse and bound the request, call the
 //! [`Orchestrator`], map its typed errors to a status and a JSON `{"error": ...}`.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};

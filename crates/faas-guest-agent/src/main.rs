@@ -20,6 +20,8 @@
 //! forks so that PID 1 only reaps orphans (the job `tini` does for Docker) and
 //! the agent proper is its child.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod reaper;
 mod runtime;
 mod server;

@@ -21,6 +21,8 @@
 //! guard, a shared `flock` on its `image.json` (or disk file), and prune skips
 //! whatever is held.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod builder;
 mod error;
 pub mod microvm;

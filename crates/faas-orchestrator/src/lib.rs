@@ -5,6 +5,8 @@
 //! the warm-instance [`pool`] and the [`metrics`]. The gateway calls it; it calls
 //! a [`faas_executor::Sandbox`].
 
+#![forbid(unsafe_code)]
+
 pub mod attest;
 pub mod code;
 pub mod deps;

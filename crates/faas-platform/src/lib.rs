@@ -6,6 +6,8 @@
 //! orchestrator. [`DataLayout`] says where everything lives under the data
 //! directory.
 
+#![forbid(unsafe_code)]
+
 mod assemble;
 mod config;
 mod layout;

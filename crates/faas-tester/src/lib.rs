@@ -7,6 +7,8 @@
 //! test says so loudly on stderr and passes as skipped, except under CI
 //! (`CI` set), where a missing prerequisite fails the test.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The microVM sandbox through the executor API, under QEMU `microvm` (TCG on
 //! machines whose KVM is paravirtual, such as ours): the real guest kernel,
 //! initramfs and Python root disk, the guest agent as init on vsock, and the
-//! faults the issue names. Needs root, qemu-system-x86_64, vhost-device-vsock,
+//! faults a VM can suffer. Needs root, qemu-system-x86_64, vhost-device-vsock,
 //! mke2fs, apt-get (kernel download) and the built guest agent; a missing one
 //! is a loud SKIPPED line, or a failure when `CI` is set.
 
