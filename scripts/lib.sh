@@ -120,3 +120,13 @@ install_cargo_fuzz() {
     fi
     export PATH="$FAAS_CARGO_ROOT/bin:$PATH"
 }
+
+# cargo-deny (crates.io), for the dependency policy in deny.toml.
+install_cargo_deny() {
+    if [ ! -x "$FAAS_CARGO_ROOT/bin/cargo-deny" ]; then
+        step "installing cargo-deny into $FAAS_CARGO_ROOT"
+        CARGO_TARGET_DIR="$FAAS_CACHE/cargo-deny-target" \
+            cargo install cargo-deny --locked --root "$FAAS_CARGO_ROOT"
+    fi
+    export PATH="$FAAS_CARGO_ROOT/bin:$PATH"
+}

@@ -106,7 +106,7 @@ impl ApiError {
 impl From<OrchestratorError> for ApiError {
     fn from(e: OrchestratorError) -> Self {
         let status = match &e {
-            OrchestratorError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            OrchestratorError::Invalid(_) => StatusCode::BAD_REQUEST,
             OrchestratorError::NotFound(_) => StatusCode::NOT_FOUND,
             OrchestratorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             OrchestratorError::Invocation {
@@ -116,8 +116,8 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::Invocation { .. } | OrchestratorError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            OrchestratorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OrchestratorError::Attestation(_) => StatusCode::PRECONDITION_FAILED,
+            OrchestratorError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OrchestratorError::NotAttested(_) => StatusCode::PRECONDITION_FAILED,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!("{e}");

@@ -80,7 +80,7 @@ impl NodeAttestation {
             key: WorkerKey::generate().map_err(internal)?,
             attester,
             verifier: Verifier::new(config.policy)
-                .map_err(|e| OrchestratorError::BadRequest(format!("attestation policy: {e}")))?,
+                .map_err(|e| OrchestratorError::Invalid(format!("attestation policy: {e}")))?,
             collateral: config.collateral,
             nonces: NonceStore::new(Duration::from_secs(60)),
             current: RwLock::new(None),
@@ -234,7 +234,7 @@ pub fn parse_requirement(value: &str) -> Result<EvidenceKind, OrchestratorError>
     match value {
         "tdx" => Ok(EvidenceKind::Tdx),
         "sev-snp" | "sev_snp" | "snp" => Ok(EvidenceKind::SevSnp),
-        other => Err(OrchestratorError::BadRequest(format!(
+        other => Err(OrchestratorError::Invalid(format!(
             "attestation must be \"tdx\" or \"sev-snp\", not {other:?}"
         ))),
     }

@@ -53,7 +53,7 @@ pub fn from_request(
 /// The orchestrator's view of an archive error.
 pub fn archive_error(e: ArchiveError) -> OrchestratorError {
     match e {
-        ArchiveError::Invalid(m) => OrchestratorError::BadRequest(m),
+        ArchiveError::Invalid(m) => OrchestratorError::Invalid(m),
         ArchiveError::TooLarge(m) => OrchestratorError::TooLarge(m),
         ArchiveError::Io { .. } => OrchestratorError::Internal(e.to_string()),
     }
@@ -137,7 +137,7 @@ fn contains_word(text: &str, word: &str) -> bool {
 }
 
 fn bad(msg: impl Into<String>) -> OrchestratorError {
-    OrchestratorError::BadRequest(msg.into())
+    OrchestratorError::Invalid(msg.into())
 }
 
 #[cfg(test)]
@@ -192,7 +192,7 @@ mod tests {
                 Limits::default(),
             )
             .unwrap_err();
-            assert!(matches!(err, OrchestratorError::BadRequest(_)), "{err}");
+            assert!(matches!(err, OrchestratorError::Invalid(_)), "{err}");
         }
         let escaping = BTreeMap::from([("../x.js".to_string(), "x".to_string())]);
         assert!(from_request(

@@ -111,7 +111,7 @@ impl DepsInstaller {
             return Ok(None);
         }
         faas_common::deps::validate(language, deps)
-            .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
+            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
         let mut sorted: Vec<String> = deps.iter().map(|d| d.trim().to_string()).collect();
         sorted.sort();
         sorted.dedup();
@@ -125,7 +125,7 @@ impl DepsInstaller {
             .as_ref()
             .filter(|s| s.supports(language))
             .ok_or_else(|| {
-                OrchestratorError::BadRequest(format!(
+                OrchestratorError::Invalid(format!(
                     "this node cannot install {language} dependencies (no build sandbox)"
                 ))
             })?;
@@ -133,7 +133,7 @@ impl DepsInstaller {
             .running
             .acquire()
             .await
-            .map_err(|_| OrchestratorError::Unavailable("server is shutting down".into()))?;
+            .map_err(|_| OrchestratorError::Overloaded("server is shutting down".into()))?;
         if dest.is_dir() {
             return Ok(Some(sha));
         }
@@ -237,7 +237,7 @@ impl DepsInstaller {
         }
         match outcome.exit_code {
             Some(0) => Ok(()),
-            None => Err(OrchestratorError::BadRequest(format!(
+            None => Err(OrchestratorError::Invalid(format!(
                 "dependency install took longer than {}s",
                 self.limits.timeout.as_secs()
             ))),
@@ -256,7 +256,7 @@ impl DepsInstaller {
                     .or_else(|| outcome.log.lines().rev().find(|l| !l.trim().is_empty()))
                     .unwrap_or("no output")
                     .trim();
-                Err(OrchestratorError::BadRequest(format!(
+                Err(OrchestratorError::Invalid(format!(
                     "dependency install failed ({tool}): {}",
                     faas_common::contract::truncate(reason, 1024)
                 )))

@@ -27,19 +27,20 @@ impl FailureKind {
     }
 }
 
-/// Every way an orchestrator call can fail; the gateway maps each to a status.
+/// Every way an orchestrator call can fail, named for what happened; the
+/// gateway (and only it) maps each to an HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
-    /// The request is invalid (400).
+    /// The definition, payload or request is invalid.
     #[error("{0}")]
-    BadRequest(String),
-    /// No such function or job binding (404).
+    Invalid(String),
+    /// No such function or job binding.
     #[error("{0} not found")]
     NotFound(String),
-    /// Payload or code over a limit (413).
+    /// Payload or code over a limit.
     #[error("{0}")]
     TooLarge(String),
-    /// The function ran and failed (500, or 504 for a timeout).
+    /// The function ran and failed.
     #[error("{message}")]
     Invocation {
         /// Request id.
@@ -51,13 +52,13 @@ pub enum OrchestratorError {
         /// What the function printed.
         logs: String,
     },
-    /// The function requires attested hardware this node cannot prove (412).
+    /// The function requires attested hardware this node cannot prove.
     #[error("{0}")]
-    Attestation(String),
-    /// No capacity to run it now (503).
+    NotAttested(String),
+    /// No capacity to run it now (or the node is stopping).
     #[error("{0}")]
-    Unavailable(String),
-    /// Something on our side broke (500).
+    Overloaded(String),
+    /// Something on our side broke.
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -316,10 +316,10 @@ impl Orchestrator {
     /// Validate, store and register a function (a new version if the name exists).
     pub async fn deploy(&self, def: FunctionDefinition) -> Result<FunctionInfo, OrchestratorError> {
         let language = faas_common::validate::definition(&def)
-            .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
+            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
         let memory_mb = def.memory_mb.unwrap_or(self.config.default_memory_mb);
         if u64::from(memory_mb) > self.config.memory_budget_mb {
-            return Err(OrchestratorError::BadRequest(format!(
+            return Err(OrchestratorError::Invalid(format!(
                 "memory_mb must be at most {} on this node",
                 self.config.memory_budget_mb
             )));
@@ -336,12 +336,12 @@ impl Orchestrator {
             Some(name) => {
                 let kind: SandboxKind =
                     name.parse().map_err(|e: faas_common::UnknownSandboxKind| {
-                        OrchestratorError::BadRequest(e.to_string())
+                        OrchestratorError::Invalid(e.to_string())
                     })?;
                 self.sandboxes.get(kind).map(|s| s.kind()).ok_or_else(|| {
                     let enabled: Vec<&str> =
                         self.sandboxes.kinds().iter().map(|k| k.as_str()).collect();
-                    OrchestratorError::BadRequest(format!(
+                    OrchestratorError::Invalid(format!(
                         "sandbox {name:?} is not enabled on this node (enabled: {})",
                         enabled.join(", ")
                     ))
@@ -356,9 +356,9 @@ impl Orchestrator {
         let _turn = tokio::time::timeout(Duration::from_secs(30), self.deploys.acquire())
             .await
             .map_err(|_| {
-                OrchestratorError::Unavailable("too many deploys in progress; retry later".into())
+                OrchestratorError::Overloaded("too many deploys in progress; retry later".into())
             })?
-            .map_err(|_| OrchestratorError::Unavailable("server is shutting down".into()))?;
+            .map_err(|_| OrchestratorError::Overloaded("server is shutting down".into()))?;
         // Decoding a large archive is CPU work: keep it off the async threads.
         let tree = tokio::task::spawn_blocking(move || {
             let tree = code::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
@@ -497,7 +497,7 @@ impl Orchestrator {
         let before = before
             .map(|b| {
                 b.parse::<i64>()
-                    .map_err(|_| OrchestratorError::BadRequest(format!("invalid cursor {b:?}")))
+                    .map_err(|_| OrchestratorError::Invalid(format!("invalid cursor {b:?}")))
             })
             .transpose()?;
         let f = self.store.latest(id_or_name).await?;
@@ -546,6 +546,8 @@ impl Orchestrator {
             .map_err(|e| OrchestratorError::Internal(format!("invocation task: {e}")))?
     }
 
+    /// One invocation: admit, acquire an instance, call it, settle the
+    /// outcome, record it, sign the result of an attested function.
     async fn run(
         &self,
         f: FunctionVersion,
@@ -554,124 +556,29 @@ impl Orchestrator {
         let started = Instant::now();
         let started_at = now_rfc3339();
         let request_id = uuid::Uuid::new_v4().to_string();
-        let info = &f;
-        let key = PoolKey {
-            function_id: info.id.clone(),
-            version: info.version,
-        };
-        let timeout = Duration::from_secs(info.timeout_sec.into());
         // Attested functions: refuse before any sandbox starts, never fall back.
-        let attested_kind = match &info.attestation {
+        let attested_kind = match &f.attestation {
             None => None,
-            Some(required) => Some(self.admit(&info.name, required)?),
+            Some(required) => Some(self.admit(&f.name, required)?),
         };
-        let Some(sandbox) = self.sandboxes.get(info.sandbox) else {
-            return Err(OrchestratorError::Unavailable(format!(
-                "function {} needs the {} sandbox, which this node no longer offers",
-                info.name, info.sandbox
-            )));
-        };
-        let spec = || self.instance_spec(&f);
-        let lease = self
-            .pool
-            .acquire(&key, sandbox.as_ref(), spec, info.memory_mb, timeout)
-            .await;
-        let (result, cold) = match lease {
-            Err(e) => (Err(self.acquire_failure(&request_id, e)), false),
-            Ok(mut lease) => {
+        let (result, cold) = match self.acquire(&f, &request_id).await {
+            Err(e) => (Err(e), false),
+            Ok(lease) => {
                 let cold = lease.cold;
-                if cold {
-                    let labels = FunctionLabels {
-                        function: info.name.clone(),
-                    };
-                    self.metrics.cold_starts.get_or_create(&labels).inc();
-                    self.metrics
-                        .cold_start_duration
-                        .get_or_create(&labels)
-                        .observe(lease.start_time.as_secs_f64());
-                }
-                // `timeout_sec` bounds the handler's run, as Lambda's does; the
-                // cold start has its own bounds (sandbox start, handler load), so
-                // a slow boot (a microVM under TCG) never eats a short timeout.
-                let out = tokio::select! {
-                    out = lease.instance().invoke(&request_id, payload, timeout) => out,
-                    () = self.stopping_for(SHUTDOWN_GRACE) => Err(ExecutorError::Crashed {
-                        reason: "the server shut down during the invocation".into(),
-                        signal: None,
-                        logs: String::new(),
-                    }),
-                };
-                let healthy = out.is_ok();
-                self.pool.release(lease, healthy);
-                let result = match out {
-                    Ok(out) => match out.error {
-                        None => Ok((out.body, out.content_type, out.logs)),
-                        Some(message) => Err(OrchestratorError::Invocation {
-                            request_id: request_id.clone(),
-                            kind: FailureKind::Handler,
-                            message,
-                            logs: out.logs,
-                        }),
-                    },
-                    Err(ExecutorError::Timeout { .. }) => Err(OrchestratorError::Invocation {
-                        request_id: request_id.clone(),
-                        kind: FailureKind::Timeout,
-                        message: format!("function timed out after {}s", info.timeout_sec),
-                        logs: String::new(),
-                    }),
-                    Err(e) => Err(invocation_error(&request_id, e)),
-                };
-                (result, cold)
+                (self.call(&f, lease, &request_id, payload).await, cold)
             }
         };
         let duration = started.elapsed();
-        let (outcome, error, logs) = match &result {
-            Ok((_, _, logs)) => (Outcome::Success, None, logs.clone()),
-            Err(OrchestratorError::Invocation {
-                kind,
-                message,
-                logs,
-                ..
-            }) => (kind.outcome(), Some(message.clone()), logs.clone()),
-            Err(OrchestratorError::Unavailable(m)) => {
-                (Outcome::Unavailable, Some(m.clone()), String::new())
-            }
-            Err(e) => (Outcome::Crash, Some(e.to_string()), String::new()),
-        };
-        self.metrics
-            .invocations
-            .get_or_create(&OutcomeLabels {
-                function: info.name.clone(),
-                outcome: outcome.as_str().into(),
-            })
-            .inc();
-        self.metrics
-            .duration
-            .get_or_create(&FunctionLabels {
-                function: info.name.clone(),
-            })
-            .observe(duration.as_secs_f64());
-        let record = InvocationRecord {
-            request_id: request_id.clone(),
-            version: info.version,
-            started_at,
-            duration_ms: duration.as_secs_f64() * 1000.0,
-            outcome,
-            cold_start: cold,
-            error,
-            logs,
-        };
-        if let Err(e) = self.store.record(info.id.clone(), record).await {
-            tracing::warn!("could not record invocation {request_id}: {e}");
-        }
+        self.record(&f, &request_id, started_at, duration, cold, &result)
+            .await;
         let (body, content_type, _) = result?;
         let proof = match (attested_kind, &self.attestation) {
             (Some(kind), Some(node)) => Some(node.sign(
                 kind,
                 &faas_attest::ResultFields {
                     request_id: &request_id,
-                    function: &info.name,
-                    version: info.version,
+                    function: &f.name,
+                    version: f.version,
                     body: &body,
                 },
             )),
@@ -679,13 +586,130 @@ impl Orchestrator {
         };
         Ok(Invocation {
             request_id,
-            version: info.version,
+            version: f.version,
             body,
             content_type,
             cold_start: cold,
             duration,
             proof,
         })
+    }
+
+    /// A warm instance of `f`, or a new one (counted as a cold start).
+    async fn acquire(
+        &self,
+        f: &FunctionVersion,
+        request_id: &str,
+    ) -> Result<pool::Lease, OrchestratorError> {
+        let Some(sandbox) = self.sandboxes.get(f.sandbox) else {
+            return Err(OrchestratorError::Overloaded(format!(
+                "function {} needs the {} sandbox, which this node no longer offers",
+                f.name, f.sandbox
+            )));
+        };
+        let key = PoolKey {
+            function_id: f.id.clone(),
+            version: f.version,
+        };
+        let timeout = Duration::from_secs(f.timeout_sec.into());
+        let lease = self
+            .pool
+            .acquire(
+                &key,
+                sandbox.as_ref(),
+                || self.instance_spec(f),
+                f.memory_mb,
+                timeout,
+            )
+            .await
+            .map_err(|e| self.acquire_failure(request_id, e))?;
+        if lease.cold {
+            let labels = FunctionLabels {
+                function: f.name.clone(),
+            };
+            self.metrics.cold_starts.get_or_create(&labels).inc();
+            self.metrics
+                .cold_start_duration
+                .get_or_create(&labels)
+                .observe(lease.start_time.as_secs_f64());
+        }
+        Ok(lease)
+    }
+
+    /// Invoke the handler on the leased instance and give the instance back
+    /// (unhealthy when the call failed); the body, its type and the logs.
+    async fn call(
+        &self,
+        f: &FunctionVersion,
+        mut lease: pool::Lease,
+        request_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<(Vec<u8>, String, String), OrchestratorError> {
+        // `timeout_sec` bounds the handler's run, as Lambda's does; the cold
+        // start has its own bounds (sandbox start, handler load), so a slow
+        // boot (a microVM under TCG) never eats a short timeout.
+        let timeout = Duration::from_secs(f.timeout_sec.into());
+        let out = tokio::select! {
+            out = lease.instance().invoke(request_id, payload, timeout) => out,
+            () = self.stopping_for(SHUTDOWN_GRACE) => Err(ExecutorError::Crashed {
+                reason: "the server shut down during the invocation".into(),
+                signal: None,
+                logs: String::new(),
+            }),
+        };
+        self.pool.release(lease, out.is_ok());
+        settle(f, request_id, out)
+    }
+
+    /// Count the invocation in the metrics and keep its record.
+    async fn record(
+        &self,
+        f: &FunctionVersion,
+        request_id: &str,
+        started_at: String,
+        duration: Duration,
+        cold: bool,
+        result: &Result<(Vec<u8>, String, String), OrchestratorError>,
+    ) {
+        let (outcome, error, logs) = match result {
+            Ok((_, _, logs)) => (Outcome::Success, None, logs.clone()),
+            Err(OrchestratorError::Invocation {
+                kind,
+                message,
+                logs,
+                ..
+            }) => (kind.outcome(), Some(message.clone()), logs.clone()),
+            Err(OrchestratorError::Overloaded(m)) => {
+                (Outcome::Unavailable, Some(m.clone()), String::new())
+            }
+            Err(e) => (Outcome::Crash, Some(e.to_string()), String::new()),
+        };
+        self.metrics
+            .invocations
+            .get_or_create(&OutcomeLabels {
+                function: f.name.clone(),
+                outcome: outcome.as_str().into(),
+            })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&FunctionLabels {
+                function: f.name.clone(),
+            })
+            .observe(duration.as_secs_f64());
+        let record = InvocationRecord {
+            request_id: request_id.to_string(),
+            version: f.version,
+            started_at,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            outcome,
+            cold_start: cold,
+            error,
+            logs,
+        };
+        if let Err(e) = self.store.record(f.id.clone(), record).await {
+            tracing::warn!("could not record invocation {request_id}: {e}");
+        }
     }
 
     /// Whether this node may run a function that requires `required` attestation.
@@ -696,7 +720,7 @@ impl Orchestrator {
     ) -> Result<faas_attest::EvidenceKind, OrchestratorError> {
         let kind = attest::parse_requirement(required)?;
         let refuse = |why: String| {
-            OrchestratorError::Attestation(format!(
+            OrchestratorError::NotAttested(format!(
                 "function {function} requires {kind} attestation and will not run here: {why}"
             ))
         };
@@ -731,11 +755,9 @@ impl Orchestrator {
     fn acquire_failure(&self, request_id: &str, e: AcquireError) -> OrchestratorError {
         match e {
             AcquireError::Saturated(why) => {
-                OrchestratorError::Unavailable(format!("{why}; retry later"))
+                OrchestratorError::Overloaded(format!("{why}; retry later"))
             }
-            AcquireError::Closed => {
-                OrchestratorError::Unavailable("server is shutting down".into())
-            }
+            AcquireError::Closed => OrchestratorError::Overloaded("server is shutting down".into()),
             AcquireError::Start(e) => invocation_error(request_id, e),
         }
     }
@@ -754,18 +776,18 @@ impl Orchestrator {
         }
         args.image
             .parse::<Language>()
-            .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
+            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
         if args.command.is_empty() {
-            return Err(OrchestratorError::BadRequest(
+            return Err(OrchestratorError::Invalid(
                 "command must not be empty".into(),
             ));
         }
         for kv in args.env_vars.iter().flatten() {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
-                OrchestratorError::BadRequest(format!("env var {kv:?} is not KEY=VALUE"))
+                OrchestratorError::Invalid(format!("env var {kv:?} is not KEY=VALUE"))
             })?;
             faas_common::validate::env_var(k, v)
-                .map_err(|e| OrchestratorError::BadRequest(e.to_string()))?;
+                .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
         }
         let request_id = uuid::Uuid::new_v4().to_string();
         let config = SandboxConfig {
@@ -779,8 +801,8 @@ impl Orchestrator {
         };
         match self.sandboxes.default.execute(config).await {
             Ok(r) => Ok(r),
-            Err(ExecutorError::BadRequest(m)) => Err(OrchestratorError::BadRequest(m)),
-            Err(ExecutorError::ImageMissing(m)) => Err(OrchestratorError::Unavailable(
+            Err(ExecutorError::BadRequest(m)) => Err(OrchestratorError::Invalid(m)),
+            Err(ExecutorError::ImageMissing(m)) => Err(OrchestratorError::Overloaded(
                 ExecutorError::ImageMissing(m).to_string(),
             )),
             // The command ran (or tried to) and failed: that is a result, not a server error.
@@ -840,6 +862,33 @@ impl Orchestrator {
                 );
             }
         }
+    }
+}
+
+/// What the sandbox's answer means for the caller: the response, or the
+/// failure with its kind.
+fn settle(
+    f: &FunctionVersion,
+    request_id: &str,
+    out: Result<faas_executor::InvokeOutput, ExecutorError>,
+) -> Result<(Vec<u8>, String, String), OrchestratorError> {
+    match out {
+        Ok(out) => match out.error {
+            None => Ok((out.body, out.content_type, out.logs)),
+            Some(message) => Err(OrchestratorError::Invocation {
+                request_id: request_id.to_string(),
+                kind: FailureKind::Handler,
+                message,
+                logs: out.logs,
+            }),
+        },
+        Err(ExecutorError::Timeout { .. }) => Err(OrchestratorError::Invocation {
+            request_id: request_id.to_string(),
+            kind: FailureKind::Timeout,
+            message: format!("function timed out after {}s", f.timeout_sec),
+            logs: String::new(),
+        }),
+        Err(e) => Err(invocation_error(request_id, e)),
     }
 }
 
