@@ -201,7 +201,7 @@ async fn restores(
 /// Sum (s) and count of `cold_start_duration_seconds` over the functions whose
 /// name starts with `prefix` (end it with `"` for one function exactly).
 async fn start_stats(s: &TestServer, prefix: &str) -> (f64, f64) {
-    let text = match reqwest::get(format!("{}/metrics", s.url)).await {
+    let text = match s.http().get(format!("{}/metrics", s.url)).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => return (0.0, 0.0),
     };
@@ -260,7 +260,7 @@ async fn cold_starts(
 
 /// Client round trip and server-side duration of sequential warm invocations, ms.
 async fn warm_latency(s: &TestServer, name: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let client = reqwest::Client::new();
+    let client = s.http();
     let url = format!("{}/functions/{name}/invoke", s.url);
     // Warm up: start the instance and the connection pool.
     for _ in 0..20 {
@@ -302,8 +302,8 @@ async fn throughput(s: &TestServer, name: &str, concurrency: usize, dur: Duratio
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let url = url.clone();
+        let client = s.http();
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let r = client.post(&url).body("{\"x\":1}").send().await?;

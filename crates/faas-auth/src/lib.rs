@@ -182,6 +182,15 @@ impl NodeKey {
         }
     }
 
+    /// The key in `path`, which must exist.
+    pub fn load(path: &Path) -> Result<NodeKey, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        NodeKey::from_hex(text.trim())
+    }
+
     /// Write the key to `path` (mode 0600; written aside and renamed).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write;
@@ -343,6 +352,8 @@ pub struct Caller {
     pub scopes: Vec<Scope>,
     /// The functions they are limited to, if any.
     pub functions: Option<Vec<String>>,
+    /// Where the request came from (for the audit log).
+    pub source: Option<String>,
 }
 
 impl Caller {
@@ -353,6 +364,7 @@ impl Caller {
             key_id: Some(key.id.clone()),
             scopes: key.scopes.clone(),
             functions: key.functions.clone(),
+            source: None,
         }
     }
 
@@ -363,7 +375,26 @@ impl Caller {
             key_id: None,
             scopes: vec![Scope::Admin],
             functions: None,
+            source: None,
         }
+    }
+
+    /// A tenant's own caller with every tenant-level scope: a job called on
+    /// chain, whose tenant is derived from the caller's address.
+    pub fn tenant_member(tenant: TenantId) -> Caller {
+        Caller {
+            tenant,
+            key_id: None,
+            scopes: vec![Scope::Deploy, Scope::Invoke, Scope::Read],
+            functions: None,
+            source: None,
+        }
+    }
+
+    /// The same caller, seen coming from `source`.
+    pub fn from_source(mut self, source: impl Into<String>) -> Caller {
+        self.source = Some(source.into());
+        self
     }
 
     /// Whether the caller holds `scope` (admin holds every scope).
@@ -499,6 +530,7 @@ mod tests {
             key_id: Some("k".into()),
             scopes: vec![Scope::Invoke],
             functions: Some(vec!["f".into()]),
+            source: None,
         };
         assert!(caller.may(Scope::Invoke) && !caller.may(Scope::Deploy));
         assert!(caller.may_touch("f") && !caller.may_touch("g"));

@@ -158,6 +158,15 @@ async fn run(cli: Cli) -> Result<()> {
         .map(|k| k.as_str())
         .collect();
     let kinds = kinds.join(", ");
+    if let Some(key) = &platform.new_admin_key {
+        use std::io::IsTerminal;
+        let notice =
+            faas_platform::admin_key_notice(key, &platform.config, std::io::stdout().is_terminal());
+        println!("{notice}");
+    }
+    let scheme = platform.scheme();
+    let tls = platform.tls()?;
+    let app = platform.router();
     let ctx = FaaSContext::new(platform, env.clone());
     let orchestrator = ctx.orchestrator().clone();
 
@@ -165,13 +174,13 @@ async fn run(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("listener address")?;
-    let gateway = GatewayService::new(listener, faas_gateway::router(orchestrator.clone()));
+    let gateway = GatewayService::new(listener, app, tls);
     let public_url = faas
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
     tracing::info!(
-        "gateway on http://{local}; serving service {} of blueprint {} ({kinds} sandbox)",
+        "gateway on {scheme}://{local}; serving service {} of blueprint {} ({kinds} sandbox)",
         tangle.service_id,
         tangle.blueprint_id,
     );

@@ -118,6 +118,27 @@ impl PlatformExecutor {
         }
     }
 
+    /// Authenticate every request with `key` (`Authorization: Bearer`); the
+    /// key's tenant owns the functions and job bindings this executor makes.
+    /// The key never enters a URL, so no endpoint this executor reports
+    /// carries it.
+    pub fn with_api_key(mut self, key: &str) -> Result<Self, FaasError> {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                FaasError::InfrastructureError(
+                    "the API key holds characters a header cannot".into(),
+                )
+            })?;
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        self.http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| FaasError::InfrastructureError(format!("HTTP client: {e}")))?;
+        Ok(self)
+    }
+
     /// Name functions deployed by `deploy_job` `<prefix><job_id>` (default
     /// [`DEFAULT_FUNCTION_PREFIX`]), so several Blueprints can share a platform.
     pub fn with_function_prefix(mut self, prefix: impl Into<String>) -> Self {

@@ -169,8 +169,8 @@ async fn sdk_http_executor_gets_the_bound_function_result() {
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    let http = reqwest::Client::new();
-    let bound = http
+    let bound = server
+        .http()
         .put(format!("{}/jobs/{SQUARE_JOB}", server.url))
         .json(&json!({"function": "square"}))
         .send()
@@ -178,7 +178,9 @@ async fn sdk_http_executor_gets_the_bound_function_result() {
         .expect("PUT /jobs");
     assert_eq!(bound.status(), 200);
 
-    let sdk = HttpFaasExecutor::new(server.url.clone());
+    // The SDK's executor sends no header: the key rides in a capability URL.
+    let key = server.admin_key.clone().expect("auth is on");
+    let sdk = HttpFaasExecutor::new(format!("{}/k/{key}", server.url));
     assert!(sdk.health_check(SQUARE_JOB).await.expect("HEAD /job"));
     assert!(!sdk.health_check(SQUARE_JOB + 1).await.expect("HEAD /job"));
 
@@ -205,7 +207,9 @@ async fn platform_executor_deploys_and_runs_a_native_job_binary() {
         return;
     }
     let server = TestServer::start(Executor::Native).await;
-    let executor = PlatformExecutor::new(server.url.clone());
+    let executor = PlatformExecutor::new(server.url.clone())
+        .with_api_key(server.admin_key.as_deref().expect("auth is on"))
+        .unwrap();
     assert!(!executor.health_check(SQUARE_JOB).await.unwrap());
     assert!(executor.warm(SQUARE_JOB).await.is_err(), "unbound job");
 

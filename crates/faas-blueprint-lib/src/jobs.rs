@@ -3,7 +3,8 @@
 
 use alloy_primitives::Bytes;
 use blueprint_core::extract::Context;
-use blueprint_tangle_extra::extract::{TangleArg, TangleResult};
+use blueprint_tangle_extra::extract::{Caller as ChainCaller, TangleArg, TangleResult};
+use faas_auth::{Caller, TenantId};
 use faas_common::{ExecuteFunctionArgs, FunctionDefinition};
 use faas_orchestrator::OrchestratorError;
 
@@ -39,6 +40,15 @@ pub enum JobError {
     Platform(#[source] OrchestratorError),
 }
 
+/// The platform caller of a job: a member of the tenant derived from the
+/// on-chain caller's address (`tangle:0x...`), so every job reaches only that
+/// tenant's functions.
+fn caller_of(chain: ChainCaller) -> Caller {
+    let tenant = TenantId::of_chain_caller(&format!("{:#x}", chain.as_address()))
+        .expect("an address is always a valid tenant");
+    Caller::tenant_member(tenant).from_source(format!("tangle:{:#x}", chain.as_address()))
+}
+
 impl From<OrchestratorError> for JobError {
     fn from(e: OrchestratorError) -> Self {
         match e {
@@ -64,6 +74,7 @@ impl From<OrchestratorError> for JobError {
 /// returns `bytes`: the command's stdout.
 pub async fn execute_function(
     Context(ctx): Context<FaaSContext>,
+    chain: ChainCaller,
     TangleArg((image, command, env_vars, payload)): TangleArg<(
         String,
         Vec<String>,
@@ -74,12 +85,15 @@ pub async fn execute_function(
     tracing::info!(%image, ?command, "job execute_function");
     let result = ctx
         .orchestrator()
-        .execute(ExecuteFunctionArgs {
-            image,
-            command,
-            env_vars: Some(env_vars),
-            payload: payload.to_vec(),
-        })
+        .execute(
+            &caller_of(chain),
+            ExecuteFunctionArgs {
+                image,
+                command,
+                env_vars: Some(env_vars),
+                payload: payload.to_vec(),
+            },
+        )
         .await?;
     if let Some(error) = result.error {
         return Err(JobError::CommandFailed {
@@ -99,12 +113,13 @@ pub async fn execute_function(
 /// `POST /functions` takes it; returns `(string id, uint32 version)`.
 pub async fn deploy_function(
     Context(ctx): Context<FaaSContext>,
+    chain: ChainCaller,
     TangleArg((definition,)): TangleArg<(Bytes,)>,
 ) -> Result<TangleResult<(String, u32)>, JobError> {
     let def: FunctionDefinition =
         serde_json::from_slice(&definition).map_err(JobError::InvalidDefinition)?;
     tracing::info!(function = %def.name, "job deploy_function");
-    let info = ctx.orchestrator().deploy(def).await?;
+    let info = ctx.orchestrator().deploy(&caller_of(chain), def).await?;
     Ok(TangleResult((info.id, info.version)))
 }
 
@@ -114,12 +129,13 @@ pub async fn deploy_function(
 /// returns `bytes`: the function's response body.
 pub async fn invoke_function(
     Context(ctx): Context<FaaSContext>,
+    chain: ChainCaller,
     TangleArg((function, payload)): TangleArg<(String, Bytes)>,
 ) -> Result<TangleResult<Bytes>, JobError> {
     tracing::info!(%function, "job invoke_function");
     let invocation = ctx
         .orchestrator()
-        .invoke(&function, payload.to_vec())
+        .invoke(&caller_of(chain), &function, payload.to_vec())
         .await?;
     Ok(TangleResult(Bytes::from(invocation.body)))
 }

@@ -1,7 +1,9 @@
 //! `faas`: the FaaS-Blueprint command line.
 //!
 //! A thin shell: `serve` runs the node `faas-platform` assembles; every other command
-//! is a client of the HTTP API (`--server`, `FAAS_SERVER`).
+//! is a client of the HTTP API (`--server`, `FAAS_SERVER`; a key from
+//! `--api-key`, `FAAS_API_KEY`, the profile file or, for root, the local
+//! admin key: see `client.rs`).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -45,6 +47,16 @@ enum Command {
         #[command(subcommand)]
         command: commands::jobs::JobsCommand,
     },
+    /// A function's secrets (environment variables, encrypted at rest).
+    Secrets {
+        #[command(subcommand)]
+        command: commands::secrets::SecretsCommand,
+    },
+    /// Keys, tenant quotas, the audit log (needs an admin key).
+    Admin {
+        #[command(subcommand)]
+        command: commands::admin::AdminCommand,
+    },
     /// Verify attestation evidence from files.
     Attest {
         #[command(subcommand)]
@@ -85,6 +97,8 @@ fn main() -> ExitCode {
             Command::Attest { command } => commands::attest::run(command).await,
             Command::Verify(a) => commands::attest::verify(a).await,
             Command::Jobs { command } => commands::jobs::run(command).await,
+            Command::Secrets { command } => commands::secrets::run(command).await,
+            Command::Admin { command } => commands::admin::run(command).await,
             Command::Images { command } => commands::images::run(command).await,
         }
     });

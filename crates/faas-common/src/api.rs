@@ -186,3 +186,113 @@ pub struct FaasJobResponse {
     /// Raw job result.
     pub result: Vec<u8>,
 }
+
+/// `POST /admin/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateKey {
+    /// The tenant the key acts in.
+    pub tenant: String,
+    /// `deploy`, `invoke`, `read`; `admin`: the `/admin` routes (keys,
+    /// quotas, audit for every tenant) and every scope in its own tenant.
+    pub scopes: Vec<String>,
+    /// The only functions the key may touch, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<Vec<String>>,
+}
+
+/// A key as the API shows it: never its secret, except in the answer to its
+/// creation (`key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Public id.
+    pub id: String,
+    /// The key itself: only in the answer to `POST /admin/keys`, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// The functions it is limited to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<Vec<String>>,
+    /// When it was made.
+    pub created_at: String,
+}
+
+/// `GET /admin/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyList {
+    /// Every live key.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// A tenant's limits (`PUT /admin/tenants/{tenant}/quota`); each absent
+/// field is unlimited (within the node's own limits).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuota {
+    /// Invocations per second, on average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocations_per_sec: Option<f64>,
+    /// Invocations in a burst (default: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Instances alive at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// `memory_mb` of its live instances together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    /// Functions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_functions: Option<u32>,
+    /// Stored code and dependencies, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_storage_mb: Option<u64>,
+}
+
+/// `GET /functions/{fn}/secrets`: names only, never values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretList {
+    /// Secret names.
+    pub secrets: Vec<String>,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the log (set when read back).
+    #[serde(default)]
+    pub seq: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Whose action (the tenant of the key; unknown for failed logins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Which key acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Where the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What was done: `deploy`, `delete`, `key.create`, `key.revoke`,
+    /// `quota.set`, `secret.set`, `secret.delete`, `auth.failed`, `denied`, ...
+    pub action: String,
+    /// On what (a function, a key id, a tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// A short note (never a secret or a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET /admin/audit`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Entries, newest first.
+    pub entries: Vec<AuditEntry>,
+    /// Cursor of the next (older) page, as `?before=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}

@@ -1,9 +1,13 @@
 //! The HTTP API (see `docs/api.md`).
 //!
-//! Thin on purpose: parse and bound the request, call the
-//! [`Orchestrator`], map its typed errors to a status and a JSON `{"error": ...}`.
+//! Thin on purpose: authenticate the caller ([`auth`]), parse and bound the
+//! request, call the [`Orchestrator`] as that caller, map its typed errors to
+//! a status and a JSON `{"error": ...}`. [`serve`] runs it over HTTP or HTTPS.
 
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod serve;
 
 use std::sync::Arc;
 
@@ -12,15 +16,20 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json};
+use faas_auth::Caller;
 use faas_common::api::{
-    BindJob, ErrorBody, FaasJobRequest, FaasJobResponse, FunctionList, InvocationList, JobList,
+    AuditList, BindJob, CreateKey, ErrorBody, FaasJobRequest, FaasJobResponse, FunctionList,
+    InvocationList, JobList, KeyList, SecretList, TenantQuota,
 };
 use faas_common::{ExecuteFunctionArgs, FunctionDefinition};
 use faas_orchestrator::{FailureKind, Orchestrator, OrchestratorError};
 use serde::Deserialize;
 use serde_json::json;
+
+pub use auth::redact;
+pub use axum::Router;
 
 /// Largest deploy request body (base64 code included).
 pub const MAX_DEPLOY_BYTES: usize = 64 * 1024 * 1024;
@@ -41,8 +50,16 @@ pub mod headers {
     pub const SIGNATURE: &str = faas_attest::RESULT_SIGNATURE_HEADER;
 }
 
-/// The API's routes over `orchestrator`.
-pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
+/// Gateway settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatewayConfig {
+    /// `/metrics` without a key (for a scraper on a trusted network).
+    pub metrics_public: bool,
+}
+
+/// The API's routes over `orchestrator`, every one but `/healthz` (and
+/// `/metrics` when public) behind [`auth::authenticate`].
+pub fn router(orchestrator: Arc<Orchestrator>, config: GatewayConfig) -> Router {
     let payload_limit = orchestrator.config().max_payload_bytes;
     // base64 grows a payload by a third; bound `/execute`'s JSON accordingly.
     let execute_limit = payload_limit / 3 * 4 + 64 * 1024;
@@ -66,6 +83,13 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
             "/execute",
             post(execute).layer(DefaultBodyLimit::max(execute_limit)),
         )
+        .route("/functions/{id}/secrets", get(list_secrets))
+        .route(
+            "/functions/{id}/secrets/{name}",
+            put(set_secret)
+                .layer(DefaultBodyLimit::max(64 * 1024))
+                .delete(delete_secret),
+        )
         .route("/jobs", get(list_jobs))
         .route("/jobs/{job_id}", put(bind_job).delete(unbind_job))
         .route(
@@ -74,20 +98,46 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
                 .layer(DefaultBodyLimit::max(job_limit))
                 .head(job_health),
         )
+        // The same, for callers that cannot send a header: the key in the
+        // path (the Blueprint SDK's `HttpFaasExecutor`).
+        .route(
+            "/k/{key}/job/{job_id}",
+            post(run_job_by_capability)
+                .layer(DefaultBodyLimit::max(job_limit))
+                .head(job_health_by_capability),
+        )
+        .route("/admin/keys", post(create_key).get(list_keys))
+        .route("/admin/keys/{id}", delete(revoke_key))
+        .route(
+            "/admin/tenants/{tenant}/quota",
+            get(get_quota).put(set_quota),
+        )
+        .route("/admin/audit", get(audit))
+        .route("/admin/rotate-key", post(rotate_key))
         .route("/attestation", get(attestation))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            (orchestrator.clone(), config),
+            auth::authenticate,
+        ))
         .with_state(orchestrator)
 }
 
 type Orch = State<Arc<Orchestrator>>;
+/// The authenticated caller ([`auth::authenticate`] put it there).
+type Who = Extension<Caller>;
 
 /// An error response.
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Seconds, for `Retry-After`.
+    retry_after: Option<u64>,
+    /// A policy's refusal, which [`auth::authenticate`] audits.
+    refusal: bool,
 }
 
 impl ApiError {
@@ -99,9 +149,15 @@ impl ApiError {
                 request_id: None,
                 logs: None,
             },
+            retry_after: None,
+            refusal: false,
         }
     }
 }
+
+/// Marks a response as a policy's refusal, with its reason, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Refusal(pub String);
 
 impl From<OrchestratorError> for ApiError {
     fn from(e: OrchestratorError) -> Self {
@@ -118,11 +174,20 @@ impl From<OrchestratorError> for ApiError {
             }
             OrchestratorError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             OrchestratorError::NotAttested(_) => StatusCode::PRECONDITION_FAILED,
+            OrchestratorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            OrchestratorError::Forbidden(_) => StatusCode::FORBIDDEN,
+            OrchestratorError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            OrchestratorError::QuotaExceeded(_) => StatusCode::CONFLICT,
+            OrchestratorError::StorageQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!("{e}");
         }
         let mut err = ApiError::new(status, e.to_string());
+        err.refusal = e.is_refusal();
+        if let OrchestratorError::RateLimited { retry_after, .. } = &e {
+            err.retry_after = Some(*retry_after);
+        }
         if let OrchestratorError::Invocation {
             request_id, logs, ..
         } = e
@@ -144,6 +209,17 @@ impl IntoResponse for ApiError {
             .and_then(|v| HeaderValue::from_str(v).ok())
         {
             resp.headers_mut().insert(headers::REQUEST_ID, id);
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.refusal {
+            resp.extensions_mut().insert(Refusal(self.body.error));
         }
         resp
     }
@@ -167,29 +243,45 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
 }
 
-async fn deploy(State(o): Orch, read: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn deploy(
+    State(o): Orch,
+    Extension(caller): Who,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let def: FunctionDefinition = parse_json(&body(read)?)?;
-    let info = o.deploy(def).await?;
+    let info = o.deploy(&caller, def).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-async fn list(State(o): Orch) -> Result<Json<FunctionList>, ApiError> {
+async fn list(State(o): Orch, Extension(caller): Who) -> Result<Json<FunctionList>, ApiError> {
     Ok(Json(FunctionList {
-        functions: o.list().await?,
+        functions: o.list(&caller).await?,
     }))
 }
 
-async fn get_function(State(o): Orch, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(o.get(&id).await?).into_response())
+async fn get_function(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(o.get(&caller, &id).await?).into_response())
 }
 
-async fn delete_function(State(o): Orch, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (id, name) = o.delete(&id).await?;
+async fn delete_function(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (id, name) = o.delete(&caller, &id).await?;
     Ok(Json(json!({"deleted": id, "name": name})).into_response())
 }
 
-async fn status(State(o): Orch, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(o.status(&id).await?).into_response())
+async fn status(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(o.status(&caller, &id).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -200,17 +292,19 @@ struct LogsQuery {
 
 async fn logs(
     State(o): Orch,
+    Extension(caller): Who,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Json<InvocationList>, ApiError> {
     Ok(Json(
-        o.logs(&id, q.limit.unwrap_or(20), q.before.as_deref())
+        o.logs(&caller, &id, q.limit.unwrap_or(20), q.before.as_deref())
             .await?,
     ))
 }
 
 async fn invoke(
     State(o): Orch,
+    Extension(caller): Who,
     Path(id): Path<String>,
     read: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -227,7 +321,7 @@ async fn invoke(
             e
         }
     })?;
-    let inv = o.invoke(&id, payload.to_vec()).await?;
+    let inv = o.invoke(&caller, &id, payload.to_vec()).await?;
     let mut resp = Response::new(Body::from(inv.body));
     let h = resp.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, name: &'static str, value: String| {
@@ -263,36 +357,92 @@ async fn invoke(
 
 async fn execute(
     State(o): Orch,
+    Extension(caller): Who,
     read: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let args: ExecuteFunctionArgs = parse_json(&body(read)?)?;
-    Ok(Json(o.execute(args).await?).into_response())
+    Ok(Json(o.execute(&caller, args).await?).into_response())
 }
 
-async fn list_jobs(State(o): Orch) -> Result<Json<JobList>, ApiError> {
+async fn list_secrets(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Result<Json<SecretList>, ApiError> {
+    Ok(Json(SecretList {
+        secrets: o.secret_names(&caller, &id).await?,
+    }))
+}
+
+/// The body is the value, as is (UTF-8, at most 32 KiB).
+async fn set_secret(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path((id, name)): Path<(String, String)>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let value = body(read)?;
+    o.set_secret(&caller, &id, &name, &value).await?;
+    Ok(Json(json!({"function": id, "secret": name})).into_response())
+}
+
+async fn delete_secret(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    o.delete_secret(&caller, &id, &name).await?;
+    Ok(Json(json!({"function": id, "deleted": name})).into_response())
+}
+
+async fn list_jobs(State(o): Orch, Extension(caller): Who) -> Result<Json<JobList>, ApiError> {
     Ok(Json(JobList {
-        jobs: o.jobs().await?,
+        jobs: o.jobs(&caller).await?,
     }))
 }
 
 async fn bind_job(
     State(o): Orch,
+    Extension(caller): Who,
     Path(job_id): Path<u32>,
     read: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: BindJob = parse_json(&body(read)?)?;
-    Ok(Json(o.bind_job(job_id, &req.function).await?).into_response())
+    Ok(Json(o.bind_job(&caller, job_id, &req.function).await?).into_response())
 }
 
-async fn unbind_job(State(o): Orch, Path(job_id): Path<u32>) -> Result<Response, ApiError> {
-    o.unbind_job(job_id).await?;
+async fn unbind_job(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(job_id): Path<u32>,
+) -> Result<Response, ApiError> {
+    o.unbind_job(&caller, job_id).await?;
     Ok(Json(json!({"unbound": job_id})).into_response())
+}
+
+/// `/k/{key}/job/{job_id}`: the key was checked from the path.
+async fn run_job_by_capability(
+    state: Orch,
+    caller: Who,
+    Path((_key, job_id)): Path<(String, u32)>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    run_job(state, caller, Path(job_id), read).await
+}
+
+async fn job_health_by_capability(
+    state: Orch,
+    caller: Who,
+    Path((_key, job_id)): Path<(String, u32)>,
+) -> StatusCode {
+    job_health(state, caller, Path(job_id)).await
 }
 
 /// The Blueprint SDK's HTTP FaaS protocol: the bound function gets the raw
 /// job arguments and returns the raw result.
 async fn run_job(
     State(o): Orch,
+    Extension(caller): Who,
     Path(job_id): Path<u32>,
     read: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -306,7 +456,7 @@ async fn run_job(
             ),
         ));
     }
-    let inv = o.invoke_job(job_id, req.args).await?;
+    let inv = o.invoke_job(&caller, job_id, req.args).await?;
     let mut resp = Json(FaasJobResponse { result: inv.body }).into_response();
     if let Ok(id) = HeaderValue::from_str(&inv.request_id) {
         resp.headers_mut().insert(headers::REQUEST_ID, id);
@@ -314,13 +464,79 @@ async fn run_job(
     Ok(resp)
 }
 
-/// `HEAD /job/{job_id}`: 200 when a function is bound, 404 otherwise.
-async fn job_health(State(o): Orch, Path(job_id): Path<u32>) -> StatusCode {
-    match o.job(job_id).await {
+/// `HEAD /job/{job_id}`: 200 when the caller's tenant bound a function, 404 otherwise.
+async fn job_health(State(o): Orch, Extension(caller): Who, Path(job_id): Path<u32>) -> StatusCode {
+    match o.job(&caller, job_id).await {
         Ok(Some(_)) => StatusCode::OK,
         Ok(None) => StatusCode::NOT_FOUND,
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Err(e) => ApiError::from(e).status,
     }
+}
+
+async fn create_key(
+    State(o): Orch,
+    Extension(caller): Who,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CreateKey = parse_json(&body(read)?)?;
+    let info = o.create_key(&caller, req).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn list_keys(State(o): Orch, Extension(caller): Who) -> Result<Json<KeyList>, ApiError> {
+    Ok(Json(KeyList {
+        keys: o.keys(&caller)?,
+    }))
+}
+
+async fn revoke_key(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    o.revoke_key(&caller, &id).await?;
+    Ok(Json(json!({"revoked": id})).into_response())
+}
+
+async fn get_quota(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantQuota>, ApiError> {
+    Ok(Json(o.quota(&caller, &tenant)?))
+}
+
+async fn set_quota(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(tenant): Path<String>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Json<TenantQuota>, ApiError> {
+    let quota: TenantQuota = parse_json(&body(read)?)?;
+    o.set_quota(&caller, &tenant, quota).await?;
+    Ok(Json(o.quota(&caller, &tenant)?))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+async fn audit(
+    State(o): Orch,
+    Extension(caller): Who,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditList>, ApiError> {
+    Ok(Json(
+        o.audit_log(&caller, q.limit.unwrap_or(50), q.before.as_deref())
+            .await?,
+    ))
+}
+
+async fn rotate_key(State(o): Orch, Extension(caller): Who) -> Result<Response, ApiError> {
+    let n = o.rotate_secrets_key(&caller).await?;
+    Ok(Json(json!({"resealed": n})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -329,9 +545,11 @@ struct AttestationQuery {
     nonce: Option<String>,
 }
 
-/// The node's evidence and verdict; with `?nonce=`, fresh evidence bound to it.
+/// The node's evidence and verdict; with `?nonce=`, fresh evidence bound to
+/// it (any valid key: a verifier needs no scope).
 async fn attestation(
     State(o): Orch,
+    Extension(_caller): Who,
     Query(q): Query<AttestationQuery>,
 ) -> Result<Response, ApiError> {
     let node = o.attestation().ok_or_else(|| {
@@ -363,39 +581,57 @@ async fn attestation(
     .into_response())
 }
 
+/// Public: liveness and what the node offers, never anything of a tenant.
 async fn healthz(State(o): Orch) -> Result<Response, ApiError> {
-    let functions = o.list().await?.len();
+    let functions = o.function_count().await?;
     let sandboxes = o.sandbox_kinds();
-    Ok(Json(json!({
+    let mut body = json!({
         "status": "ok",
         "executor": sandboxes[0],
         "sandboxes": sandboxes,
         "functions": functions,
-    }))
-    .into_response())
+        "auth": if o.auth_enabled() { "on" } else { "off" },
+    });
+    if !o.auth_enabled() {
+        body["warning"] = json!(auth::NO_AUTH_WARNING);
+    }
+    Ok(Json(body).into_response())
 }
 
-async fn metrics(State(o): Orch) -> Response {
-    (
+/// Admin only, unless the gateway was told the metrics are public.
+async fn metrics(
+    State(o): Orch,
+    caller: Option<Who>,
+    Extension(config): Extension<GatewayConfig>,
+) -> Result<Response, ApiError> {
+    if !config.metrics_public {
+        let Some(Extension(caller)) = caller else {
+            return Err(
+                OrchestratorError::Unauthorized("a valid API key is required".into()).into(),
+            );
+        };
+        o.require_admin(&caller)?;
+    }
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         o.render_metrics(),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no route for {}", uri.path()),
+        format!("no route for {}", redact(uri.path())),
     )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {}", uri.path()),
+        format!("{method} is not allowed on {}", redact(uri.path())),
     )
 }

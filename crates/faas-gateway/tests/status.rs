@@ -16,12 +16,17 @@ async fn app(data: &std::path::Path) -> axum::Router {
         data_dir: data.to_path_buf(),
         max_payload_bytes: 1024,
         default_timeout_sec: 1,
+        // Status codes, not keys: tests/tenancy.rs covers authentication.
+        auth: false,
         ..OrchestratorConfig::default()
     };
     let orchestrator = Orchestrator::new(config, Sandboxes::new(Arc::new(FakeSandbox::default())))
         .await
         .unwrap();
-    faas_gateway::router(Arc::new(orchestrator))
+    faas_gateway::router(
+        Arc::new(orchestrator),
+        faas_gateway::GatewayConfig::default(),
+    )
 }
 
 async fn call(app: &axum::Router, method: &str, uri: &str, body: &[u8]) -> (StatusCode, Value) {

@@ -58,9 +58,43 @@ pub enum OrchestratorError {
     /// No capacity to run it now (or the node is stopping).
     #[error("{0}")]
     Overloaded(String),
+    /// No valid key was presented.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key is valid but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The tenant is over a rate quota; it may try again after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        /// Which quota.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after: u64,
+    },
+    /// The tenant is over a count quota (functions, secrets).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The tenant would store more code and dependencies than its quota.
+    #[error("{0}")]
+    StorageQuota(String),
     /// Something on our side broke.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl OrchestratorError {
+    /// Whether this is a policy's refusal (a scope, a quota, a rate), which
+    /// the audit log records.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            OrchestratorError::Forbidden(_)
+                | OrchestratorError::RateLimited { .. }
+                | OrchestratorError::QuotaExceeded(_)
+                | OrchestratorError::StorageQuota(_)
+        )
+    }
 }
 
 impl From<rusqlite::Error> for OrchestratorError {

@@ -14,12 +14,15 @@ mod error;
 pub mod metrics;
 pub mod pool;
 pub mod store;
+pub mod tenancy;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use faas_archive::CodeStore;
+use faas_auth::{Caller, Scope, TenantId};
 use faas_common::api::{
     FunctionInfo, FunctionStatus, InvocationList, InvocationRecord, JobBinding, Outcome,
 };
@@ -67,6 +70,8 @@ pub struct OrchestratorConfig {
     pub deps_limits: deps::DepsLimits,
     /// Unprivileged host uid that writes function code (when running as root).
     pub code_writer_uid: Option<u32>,
+    /// Require an API key on every request (off only for local development).
+    pub auth: bool,
 }
 
 impl Default for OrchestratorConfig {
@@ -85,6 +90,7 @@ impl Default for OrchestratorConfig {
             concurrent_deploys: 2,
             deps_limits: deps::DepsLimits::default(),
             code_writer_uid: None,
+            auth: true,
         }
     }
 }
@@ -197,6 +203,7 @@ pub struct Orchestrator {
     storage: RwLock<()>,
     deploys: Semaphore,
     stopping: tokio_util::sync::CancellationToken,
+    tenancy: tenancy::Tenancy,
     attestation: Option<Arc<attest::NodeAttestation>>,
 }
 
@@ -248,7 +255,9 @@ impl Orchestrator {
             sandboxes.build.clone(),
             config.deps_limits,
         );
+        let tenancy = tenancy::Tenancy::open(&config.data_dir, &store, config.auth).await?;
         let orchestrator = Orchestrator {
+            tenancy,
             deploys: Semaphore::new(config.concurrent_deploys.max(1)),
             config,
             store,
@@ -308,15 +317,271 @@ impl Orchestrator {
         &self.config
     }
 
+    /// Whether requests must present a key.
+    pub fn auth_enabled(&self) -> bool {
+        self.tenancy.enabled()
+    }
+
+    /// The caller a bearer token (or, with authentication off, anyone)
+    /// stands for; `source` is where the request came from. A refusal is
+    /// audited (at a bounded rate).
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        source: Option<String>,
+    ) -> Result<Caller, OrchestratorError> {
+        match self.tenancy.authenticate(token) {
+            Ok(caller) => Ok(match source {
+                Some(s) => caller.from_source(s),
+                None => caller,
+            }),
+            Err(e) => {
+                if let Some(dropped) = self.tenancy.refusal_budget() {
+                    self.audit(faas_common::api::AuditEntry {
+                        seq: 0,
+                        at: now_rfc3339(),
+                        tenant: None,
+                        key_id: token.and_then(faas_auth::Token::parse).map(|t| t.id),
+                        source,
+                        action: "auth.failed".into(),
+                        target: None,
+                        detail: (dropped > 0)
+                            .then(|| format!("{dropped} earlier failures not logged")),
+                    })
+                    .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// At the first start of an empty data directory, make the admin key
+    /// and write it to `<data>/admin.key` (0600); returns it then, once.
+    pub async fn bootstrap_admin_key(&self) -> Result<Option<String>, OrchestratorError> {
+        self.tenancy
+            .bootstrap_admin(&self.store, &self.config.data_dir.join("admin.key"))
+            .await
+    }
+
+    /// `POST /admin/keys`.
+    pub async fn create_key(
+        &self,
+        caller: &Caller,
+        request: faas_common::api::CreateKey,
+    ) -> Result<faas_common::api::KeyInfo, OrchestratorError> {
+        self.require(caller, Scope::Admin)?;
+        let info = self.tenancy.create_key(&self.store, request).await?;
+        self.audit(tenancy::entry(
+            caller,
+            "key.create",
+            Some(&info.id),
+            Some(format!(
+                "tenant {}, scopes {}",
+                info.tenant,
+                info.scopes.join(",")
+            )),
+        ))
+        .await;
+        Ok(info)
+    }
+
+    /// `GET /admin/keys`.
+    pub fn keys(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<faas_common::api::KeyInfo>, OrchestratorError> {
+        self.require(caller, Scope::Admin)?;
+        Ok(self.tenancy.keys())
+    }
+
+    /// `DELETE /admin/keys/{id}`: the key stops working at once.
+    pub async fn revoke_key(&self, caller: &Caller, id: &str) -> Result<(), OrchestratorError> {
+        self.require(caller, Scope::Admin)?;
+        let record = self.tenancy.revoke_key(&self.store, id).await?;
+        self.audit(tenancy::entry(
+            caller,
+            "key.revoke",
+            Some(id),
+            Some(format!("tenant {}", record.tenant)),
+        ))
+        .await;
+        Ok(())
+    }
+
+    /// `GET /admin/tenants/{tenant}/quota`.
+    pub fn quota(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+    ) -> Result<faas_common::api::TenantQuota, OrchestratorError> {
+        self.require(caller, Scope::Admin)?;
+        Ok(self.tenancy.quota(&parse_tenant(tenant)?))
+    }
+
+    /// `PUT /admin/tenants/{tenant}/quota`.
+    pub async fn set_quota(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        quota: faas_common::api::TenantQuota,
+    ) -> Result<(), OrchestratorError> {
+        self.require(caller, Scope::Admin)?;
+        let tenant = parse_tenant(tenant)?;
+        let detail = serde_json::to_string(&quota).ok();
+        self.tenancy.set_quota(&self.store, &tenant, quota).await?;
+        self.audit(tenancy::entry(
+            caller,
+            "quota.set",
+            Some(tenant.as_str()),
+            detail,
+        ))
+        .await;
+        Ok(())
+    }
+
+    /// `GET /admin/audit`: a page, newest first.
+    pub async fn audit_log(
+        &self,
+        caller: &Caller,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<faas_common::api::AuditList, OrchestratorError> {
+        self.require(caller, Scope::Admin)?;
+        let before = before
+            .map(|b| {
+                b.parse::<i64>()
+                    .map_err(|_| OrchestratorError::Invalid(format!("invalid cursor {b:?}")))
+            })
+            .transpose()?;
+        let limit = limit.clamp(1, 500);
+        let mut entries = self.store.audit_page(limit + 1, before).await?;
+        let next = (entries.len() > limit).then(|| entries[limit - 1].seq.to_string());
+        entries.truncate(limit);
+        Ok(faas_common::api::AuditList { entries, next })
+    }
+
+    /// `POST /admin/rotate-key`: re-seal every secret under a new key.
+    pub async fn rotate_secrets_key(&self, caller: &Caller) -> Result<usize, OrchestratorError> {
+        self.require(caller, Scope::Admin)?;
+        let n = self.tenancy.rotate_secrets_key(&self.store).await?;
+        self.audit(tenancy::entry(
+            caller,
+            "secrets.rotate",
+            None,
+            Some(format!("{n} secrets re-sealed")),
+        ))
+        .await;
+        Ok(n)
+    }
+
+    /// `PUT /functions/{fn}/secrets/{name}`: the function's next instances
+    /// get it as an environment variable; running ones are replaced.
+    pub async fn set_secret(
+        &self,
+        caller: &Caller,
+        function: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), OrchestratorError> {
+        let f = self.function(caller, Scope::Deploy, function).await?;
+        faas_common::validate::env_var(name, "")
+            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
+        let text = std::str::from_utf8(value)
+            .map_err(|_| OrchestratorError::Invalid("a secret's value must be UTF-8".into()))?;
+        if text.contains('\0') || value.len() > 32 * 1024 {
+            return Err(OrchestratorError::Invalid(
+                "a secret's value is at most 32 KiB, without NUL".into(),
+            ));
+        }
+        if self.store.secrets(Some(&f.id)).await?.len() >= 100 {
+            return Err(OrchestratorError::QuotaExceeded(
+                "a function has at most 100 secrets".into(),
+            ));
+        }
+        let sealed = self.tenancy.seal(&f.id, name, value)?;
+        self.store.put_secret(&f.id, name, sealed).await?;
+        self.tenancy.forget_secrets(&f.id);
+        self.pool.recycle(&f.id);
+        self.audit(tenancy::entry(
+            caller,
+            "secret.set",
+            Some(&f.name),
+            Some(name.to_string()),
+        ))
+        .await;
+        Ok(())
+    }
+
+    /// `DELETE /functions/{fn}/secrets/{name}`.
+    pub async fn delete_secret(
+        &self,
+        caller: &Caller,
+        function: &str,
+        name: &str,
+    ) -> Result<(), OrchestratorError> {
+        let f = self.function(caller, Scope::Deploy, function).await?;
+        self.store.delete_secret(&f.id, name).await?;
+        self.tenancy.forget_secrets(&f.id);
+        self.pool.recycle(&f.id);
+        self.audit(tenancy::entry(
+            caller,
+            "secret.delete",
+            Some(&f.name),
+            Some(name.to_string()),
+        ))
+        .await;
+        Ok(())
+    }
+
+    /// `GET /functions/{fn}/secrets`: names only.
+    pub async fn secret_names(
+        &self,
+        caller: &Caller,
+        function: &str,
+    ) -> Result<Vec<String>, OrchestratorError> {
+        let f = self.function(caller, Scope::Read, function).await?;
+        Ok(self
+            .store
+            .secrets(Some(&f.id))
+            .await?
+            .into_iter()
+            .map(|(_, name, _)| name)
+            .collect())
+    }
+
     /// Sandbox kinds offered, the default first.
     pub fn sandbox_kinds(&self) -> Vec<SandboxKind> {
         self.sandboxes.kinds()
     }
 
-    /// Validate, store and register a function (a new version if the name exists).
-    pub async fn deploy(&self, def: FunctionDefinition) -> Result<FunctionInfo, OrchestratorError> {
+    /// Validate, store and register a function in the caller's tenant (a new
+    /// version if the name exists there).
+    pub async fn deploy(
+        &self,
+        caller: &Caller,
+        def: FunctionDefinition,
+    ) -> Result<FunctionInfo, OrchestratorError> {
+        self.require(caller, Scope::Deploy)?;
         let language = faas_common::validate::definition(&def)
             .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
+        if !caller.may_touch(&def.name) {
+            return Err(OrchestratorError::Forbidden(
+                "this key may not deploy this function".into(),
+            ));
+        }
+        let tenant = caller.tenant.clone();
+        let quota = self.tenancy.quota(&tenant);
+        let (functions, stored) = self.store.usage(&tenant).await?;
+        let new_function = self.store.latest(&tenant, &def.name).await.is_err();
+        if new_function
+            && quota
+                .max_functions
+                .is_some_and(|m| functions >= u64::from(m))
+        {
+            return Err(OrchestratorError::QuotaExceeded(format!(
+                "tenant {tenant} has its quota of {functions} functions"
+            )));
+        }
         let memory_mb = def.memory_mb.unwrap_or(self.config.default_memory_mb);
         if u64::from(memory_mb) > self.config.memory_budget_mb {
             return Err(OrchestratorError::Invalid(format!(
@@ -369,6 +634,18 @@ impl Orchestrator {
         .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
         // Dependencies before anything else is stored: a failed install leaves no trace.
         let deps_sha = self.deps.install(language, &def.dependencies).await?;
+        let deps_bytes = match &deps_sha {
+            Some(sha) => tree_bytes(self.deps.dir(sha)).await,
+            None => 0,
+        };
+        let stored_bytes = tree.total_bytes() + deps_bytes;
+        if let Some(max_mb) = quota.max_storage_mb {
+            if stored + stored_bytes > max_mb * 1024 * 1024 {
+                return Err(OrchestratorError::StorageQuota(format!(
+                    "tenant {tenant} would store more than its quota of {max_mb} MiB of code and dependencies"
+                )));
+            }
+        }
         let _storing = self.storage.read().await;
         let store = self.code.clone();
         let code_sha = tokio::task::spawn_blocking(move || store.store(&tree).map(|(sha, _)| sha))
@@ -381,52 +658,145 @@ impl Orchestrator {
         let name = def.name.clone();
         let record = self
             .store
-            .add_version(def.name.clone(), move |id, version| FunctionVersion {
-                id: id.to_string(),
-                name,
-                version,
-                language,
-                handler,
-                memory_mb,
-                timeout_sec,
-                dependencies,
-                env,
-                sandbox,
-                attestation,
-                created_at: now_rfc3339(),
-                code_sha256: code_sha,
-                deps_sha256: deps_sha,
+            .add_version(tenant.clone(), def.name.clone(), move |id, version| {
+                FunctionVersion {
+                    id: id.to_string(),
+                    tenant,
+                    name,
+                    version,
+                    language,
+                    handler,
+                    memory_mb,
+                    timeout_sec,
+                    dependencies,
+                    env,
+                    sandbox,
+                    attestation,
+                    created_at: now_rfc3339(),
+                    code_sha256: code_sha,
+                    deps_sha256: deps_sha,
+                    stored_bytes,
+                }
             })
             .await?;
         drop(_storing);
         // Older versions' warm instances would serve stale code.
         self.pool.retire(&record.id, record.version);
-        tracing::info!(function = %record.name, version = record.version, "deployed");
+        tracing::info!(tenant = %record.tenant, function = %record.name, version = record.version, "deployed");
+        self.audit(tenancy::entry(
+            caller,
+            "deploy",
+            Some(&record.name),
+            Some(format!("version {}", record.version)),
+        ))
+        .await;
         Ok(record.info())
     }
 
-    /// A function's newest version.
-    pub async fn get(&self, id_or_name: &str) -> Result<FunctionInfo, OrchestratorError> {
-        Ok(self.store.latest(id_or_name).await?.info())
+    /// The caller's function `id_or_name`, if the caller may `scope` it: a
+    /// missing scope is 403; a function of another tenant, or outside the
+    /// key's list, is not found, as if it did not exist.
+    async fn function(
+        &self,
+        caller: &Caller,
+        scope: Scope,
+        id_or_name: &str,
+    ) -> Result<FunctionVersion, OrchestratorError> {
+        self.require(caller, scope)?;
+        let f = self.store.latest(&caller.tenant, id_or_name).await?;
+        if !caller.may_touch(&f.name) {
+            return Err(OrchestratorError::NotFound(format!(
+                "function {id_or_name:?}"
+            )));
+        }
+        Ok(f)
     }
 
-    /// Every function.
-    pub async fn list(&self) -> Result<Vec<FunctionInfo>, OrchestratorError> {
+    /// 403 unless the caller holds the admin scope.
+    pub fn require_admin(&self, caller: &Caller) -> Result<(), OrchestratorError> {
+        self.require(caller, Scope::Admin)
+    }
+
+    /// 403 unless the caller holds `scope`.
+    fn require(&self, caller: &Caller, scope: Scope) -> Result<(), OrchestratorError> {
+        if caller.may(scope) {
+            Ok(())
+        } else {
+            Err(OrchestratorError::Forbidden(format!(
+                "this key lacks the {} scope",
+                scope.as_str()
+            )))
+        }
+    }
+
+    /// Record a policy's refusal of `caller`'s `request` (method and
+    /// path, keys redacted): a scope, a quota, a rate. Refusals come in
+    /// floods; past a bounded rate they are counted, not written.
+    pub async fn audit_refusal(&self, caller: &Caller, request: &str, why: &str) {
+        let Some(dropped) = self.tenancy.refusal_budget() else {
+            return;
+        };
+        let mut detail = why.to_string();
+        if dropped > 0 {
+            detail.push_str(&format!(" ({dropped} earlier refusals not logged)"));
+        }
+        self.audit(tenancy::entry(
+            caller,
+            "denied",
+            Some(request),
+            Some(detail),
+        ))
+        .await;
+    }
+
+    /// Append to the audit log; a failure to do so is logged, not fatal.
+    pub async fn audit(&self, entry: faas_common::api::AuditEntry) {
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    /// A function's newest version.
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+    ) -> Result<FunctionInfo, OrchestratorError> {
+        Ok(self.function(caller, Scope::Read, id_or_name).await?.info())
+    }
+
+    /// Every function of the caller's tenant (that the key may see).
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<FunctionInfo>, OrchestratorError> {
+        self.require(caller, Scope::Read)?;
         Ok(self
             .store
-            .list()
+            .list(Some(&caller.tenant))
             .await?
             .into_iter()
+            .filter(|v| caller.may_touch(&v.name))
             .map(|v| v.info())
             .collect())
     }
 
+    /// How many functions there are on this node, every tenant's.
+    pub async fn function_count(&self) -> Result<usize, OrchestratorError> {
+        Ok(self.store.list(None).await?.len())
+    }
+
     /// Remove a function, stop its instances and collect its code; returns
     /// (id, name).
-    pub async fn delete(&self, id_or_name: &str) -> Result<(String, String), OrchestratorError> {
-        let (id, name) = self.store.delete(id_or_name).await?;
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+    ) -> Result<(String, String), OrchestratorError> {
+        let f = self.function(caller, Scope::Deploy, id_or_name).await?;
+        let (id, name) = self.store.delete(&caller.tenant, &f.id).await?;
         self.pool.retire(&id, u32::MAX);
-        tracing::info!(function = %name, "deleted");
+        self.tenancy.forget_secrets(&id);
+        tracing::info!(tenant = %caller.tenant, function = %name, "deleted");
+        self.audit(tenancy::entry(caller, "delete", Some(&name), None))
+            .await;
         self.collect_garbage().await;
         Ok((id, name))
     }
@@ -434,44 +804,81 @@ impl Orchestrator {
     /// Bind Blueprint job `job_id` to a function: `POST /job/{job_id}` then invokes it.
     pub async fn bind_job(
         &self,
+        caller: &Caller,
         job_id: u32,
         function: &str,
     ) -> Result<JobBinding, OrchestratorError> {
-        let binding = self.store.bind_job(job_id, function).await?;
-        tracing::info!(job_id, function = %binding.function, "job bound");
+        let f = self.function(caller, Scope::Deploy, function).await?;
+        let binding = self.store.bind_job(&caller.tenant, job_id, &f.id).await?;
+        tracing::info!(tenant = %caller.tenant, job_id, function = %binding.function, "job bound");
+        self.audit(tenancy::entry(
+            caller,
+            "job.bind",
+            Some(&binding.function),
+            Some(format!("job {job_id}")),
+        ))
+        .await;
         Ok(binding)
     }
 
-    /// Remove a job binding.
-    pub async fn unbind_job(&self, job_id: u32) -> Result<(), OrchestratorError> {
-        self.store.unbind_job(job_id).await
+    /// Remove one of the tenant's job bindings.
+    pub async fn unbind_job(&self, caller: &Caller, job_id: u32) -> Result<(), OrchestratorError> {
+        self.require(caller, Scope::Deploy)?;
+        self.store.unbind_job(&caller.tenant, job_id).await
     }
 
-    /// Every job binding.
-    pub async fn jobs(&self) -> Result<Vec<JobBinding>, OrchestratorError> {
-        self.store.jobs().await
+    /// Every job binding of the tenant.
+    pub async fn jobs(&self, caller: &Caller) -> Result<Vec<JobBinding>, OrchestratorError> {
+        self.require(caller, Scope::Read)?;
+        Ok(self
+            .store
+            .jobs(&caller.tenant)
+            .await?
+            .into_iter()
+            .filter(|b| caller.may_touch(&b.function))
+            .collect())
     }
 
-    /// The binding of `job_id`, if any.
-    pub async fn job(&self, job_id: u32) -> Result<Option<JobBinding>, OrchestratorError> {
-        self.store.job(job_id).await
+    /// The tenant's binding of `job_id`, if any (and if the key may see it).
+    pub async fn job(
+        &self,
+        caller: &Caller,
+        job_id: u32,
+    ) -> Result<Option<JobBinding>, OrchestratorError> {
+        self.require(caller, Scope::Read)?;
+        Ok(self
+            .store
+            .job(&caller.tenant, job_id)
+            .await?
+            .filter(|b| caller.may_touch(&b.function)))
     }
 
-    /// Invoke the function bound to `job_id` with the raw job arguments.
+    /// Invoke the function the tenant bound to `job_id` with the raw job arguments.
     pub async fn invoke_job(
         self: &Arc<Self>,
+        caller: &Caller,
         job_id: u32,
         args: Vec<u8>,
     ) -> Result<Invocation, OrchestratorError> {
-        let binding = self.store.job(job_id).await?.ok_or_else(|| {
-            OrchestratorError::NotFound(format!("function bound to job {job_id}"))
-        })?;
-        self.invoke(&binding.function_id, args).await
+        self.require(caller, Scope::Invoke)?;
+        let binding = self
+            .store
+            .job(&caller.tenant, job_id)
+            .await?
+            .filter(|b| caller.may_touch(&b.function))
+            .ok_or_else(|| {
+                OrchestratorError::NotFound(format!("function bound to job {job_id}"))
+            })?;
+        self.invoke(caller, &binding.function_id, args).await
     }
 
     /// Instance and invocation counts.
-    pub async fn status(&self, id_or_name: &str) -> Result<FunctionStatus, OrchestratorError> {
-        let f = self.store.latest(id_or_name).await?;
+    pub async fn status(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+    ) -> Result<FunctionStatus, OrchestratorError> {
+        let f = self.function(caller, Scope::Read, id_or_name).await?;
         let (warm, busy) = self.pool.counts(&f.id);
         let (invocations, failures) = self.store.counts(&f.id).await?;
         Ok(FunctionStatus {
@@ -490,6 +897,7 @@ impl Orchestrator {
     /// [`MAX_LOGS_PAGE_BYTES`] of them.
     pub async fn logs(
         &self,
+        caller: &Caller,
         id_or_name: &str,
         limit: usize,
         before: Option<&str>,
@@ -500,7 +908,7 @@ impl Orchestrator {
                     .map_err(|_| OrchestratorError::Invalid(format!("invalid cursor {b:?}")))
             })
             .transpose()?;
-        let f = self.store.latest(id_or_name).await?;
+        let f = self.function(caller, Scope::Read, id_or_name).await?;
         let limit = limit.clamp(1, 100);
         // One more than asked says whether there is a next page.
         let rows = self.store.invocations(&f.id, limit + 1, before).await?;
@@ -529,6 +937,7 @@ impl Orchestrator {
     /// invocation short, and its instance and record are settled either way.
     pub async fn invoke(
         self: &Arc<Self>,
+        caller: &Caller,
         id_or_name: &str,
         payload: Vec<u8>,
     ) -> Result<Invocation, OrchestratorError> {
@@ -539,7 +948,8 @@ impl Orchestrator {
                 self.config.max_payload_bytes
             )));
         }
-        let f = self.store.latest(id_or_name).await?;
+        let f = self.function(caller, Scope::Invoke, id_or_name).await?;
+        self.tenancy.admit_invocation(&caller.tenant)?;
         let this = self.clone();
         tokio::spawn(async move { this.run(f, payload).await })
             .await
@@ -561,11 +971,13 @@ impl Orchestrator {
             None => None,
             Some(required) => Some(self.admit(&f.name, required)?),
         };
-        let (result, cold) = match self.acquire(&f, &request_id).await {
+        let secrets = self.tenancy.secrets_of(&self.store, &f.id).await?;
+        let (result, cold) = match self.acquire(&f, &secrets, &request_id).await {
             Err(e) => (Err(e), false),
             Ok(lease) => {
                 let cold = lease.cold;
-                (self.call(&f, lease, &request_id, payload).await, cold)
+                let result = self.call(&f, lease, &request_id, payload).await;
+                (scrub_result(result, &secrets), cold)
             }
         };
         let duration = started.elapsed();
@@ -599,6 +1011,7 @@ impl Orchestrator {
     async fn acquire(
         &self,
         f: &FunctionVersion,
+        secrets: &BTreeMap<String, String>,
         request_id: &str,
     ) -> Result<pool::Lease, OrchestratorError> {
         let Some(sandbox) = self.sandboxes.get(f.sandbox) else {
@@ -612,12 +1025,19 @@ impl Orchestrator {
             version: f.version,
         };
         let timeout = Duration::from_secs(f.timeout_sec.into());
+        let quota = self.tenancy.quota(&f.tenant);
+        let share = pool::TenantShare {
+            tenant: f.tenant.to_string(),
+            max_instances: quota.max_instances,
+            max_memory_mb: quota.max_memory_mb,
+        };
         let lease = self
             .pool
             .acquire(
                 &key,
+                &share,
                 sandbox.as_ref(),
-                || self.instance_spec(f),
+                || self.instance_spec(f, secrets),
                 f.memory_mb,
                 timeout,
             )
@@ -625,6 +1045,7 @@ impl Orchestrator {
             .map_err(|e| self.acquire_failure(request_id, e))?;
         if lease.cold {
             let labels = FunctionLabels {
+                tenant: f.tenant.to_string(),
                 function: f.name.clone(),
             };
             self.metrics.cold_starts.get_or_create(&labels).inc();
@@ -687,6 +1108,7 @@ impl Orchestrator {
         self.metrics
             .invocations
             .get_or_create(&OutcomeLabels {
+                tenant: f.tenant.to_string(),
                 function: f.name.clone(),
                 outcome: outcome.as_str().into(),
             })
@@ -694,6 +1116,7 @@ impl Orchestrator {
         self.metrics
             .duration
             .get_or_create(&FunctionLabels {
+                tenant: f.tenant.to_string(),
                 function: f.name.clone(),
             })
             .observe(duration.as_secs_f64());
@@ -731,7 +1154,12 @@ impl Orchestrator {
         node.admit(kind).map_err(refuse)
     }
 
-    fn instance_spec(&self, f: &FunctionVersion) -> InstanceSpec {
+    /// What an instance of `f` starts with; its secrets join its environment.
+    fn instance_spec(
+        &self,
+        f: &FunctionVersion,
+        secrets: &BTreeMap<String, String>,
+    ) -> InstanceSpec {
         let info = &f;
         let deps_dir = f.deps_sha256.as_ref().map(|sha| self.deps.dir(sha));
         InstanceSpec {
@@ -747,7 +1175,12 @@ impl Orchestrator {
                 function_name: info.name.clone(),
                 function_version: info.version,
                 memory_mb: info.memory_mb,
-                env: info.env.clone(),
+                env: info
+                    .env
+                    .iter()
+                    .chain(secrets.iter())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             }),
         }
     }
@@ -757,6 +1190,12 @@ impl Orchestrator {
             AcquireError::Saturated(why) => {
                 OrchestratorError::Overloaded(format!("{why}; retry later"))
             }
+            // Its own limit: the tenant's next instance frees up when one of
+            // its calls ends, typically within a second.
+            AcquireError::TenantFull(why) => OrchestratorError::RateLimited {
+                message: why,
+                retry_after: 1,
+            },
             AcquireError::Closed => OrchestratorError::Overloaded("server is shutting down".into()),
             AcquireError::Start(e) => invocation_error(request_id, e),
         }
@@ -765,8 +1204,12 @@ impl Orchestrator {
     /// `POST /execute`: run a command in a runtime image with the payload on stdin.
     pub async fn execute(
         &self,
+        caller: &Caller,
         args: ExecuteFunctionArgs,
     ) -> Result<InvocationResult, OrchestratorError> {
+        // Running an arbitrary command is as much as deploying code.
+        self.require(caller, Scope::Deploy)?;
+        self.tenancy.admit_invocation(&caller.tenant)?;
         if args.payload.len() > self.config.max_payload_bytes {
             return Err(OrchestratorError::TooLarge(format!(
                 "payload of {} bytes exceeds the {} byte limit",
@@ -865,6 +1308,54 @@ impl Orchestrator {
     }
 }
 
+/// The result with every secret's value scrubbed from its logs and error.
+fn scrub_result(
+    result: Result<(Vec<u8>, String, String), OrchestratorError>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(Vec<u8>, String, String), OrchestratorError> {
+    if secrets.is_empty() {
+        return result;
+    }
+    match result {
+        Ok((body, content_type, logs)) => Ok((body, content_type, tenancy::scrub(&logs, secrets))),
+        Err(OrchestratorError::Invocation {
+            request_id,
+            kind,
+            message,
+            logs,
+        }) => Err(OrchestratorError::Invocation {
+            request_id,
+            kind,
+            message: tenancy::scrub(&message, secrets),
+            logs: tenancy::scrub(&logs, secrets),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes of the files under `dir` (symlinks not followed).
+async fn tree_bytes(dir: PathBuf) -> u64 {
+    tokio::task::spawn_blocking(move || {
+        let mut total = 0;
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(e.path()),
+                    Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
+                    _ => {}
+                }
+            }
+        }
+        total
+    })
+    .await
+    .unwrap_or(0)
+}
+
 /// What the sandbox's answer means for the caller: the response, or the
 /// failure with its kind.
 fn settle(
@@ -912,6 +1403,10 @@ fn invocation_error(request_id: &str, e: ExecutorError) -> OrchestratorError {
         logs: e.logs().unwrap_or_default().to_string(),
         message,
     }
+}
+
+fn parse_tenant(tenant: &str) -> Result<TenantId, OrchestratorError> {
+    TenantId::try_from(tenant.to_string()).map_err(|e| OrchestratorError::Invalid(e.to_string()))
 }
 
 /// Now as RFC 3339 with second precision.

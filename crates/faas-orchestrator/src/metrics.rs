@@ -13,7 +13,9 @@ use prometheus_client::registry::Registry;
 /// Labels of per-invocation series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// Function name.
+    /// The function's tenant.
+    pub tenant: String,
+    /// Function name (unique within its tenant).
     pub function: String,
     /// `success`, `error`, `timeout`, `oom`, `crash`, `unavailable`.
     pub outcome: String,
@@ -22,7 +24,9 @@ pub struct OutcomeLabels {
 /// Labels of per-function series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
-    /// Function name.
+    /// The function's tenant.
+    pub tenant: String,
+    /// Function name (unique within its tenant).
     pub function: String,
 }
 

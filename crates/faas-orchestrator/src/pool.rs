@@ -1,7 +1,8 @@
 //! Warm instances: reuse an idle instance of the same function version when there
 //! is one, start one (a cold start) when there is not, keep it after the call for
 //! an idle period, and bound what exists at once: instances on the node,
-//! instances of one function, and the memory of them all.
+//! instances of one function, the instances and memory of one tenant, and
+//! the memory of them all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,17 +36,54 @@ pub struct PoolLimits {
     pub memory_mb: u64,
 }
 
+/// What one tenant may hold in the pool at once (its quota; `None`: no bound).
+#[derive(Debug, Clone)]
+pub struct TenantShare {
+    /// The tenant.
+    pub tenant: String,
+    /// Instances alive at once.
+    pub max_instances: Option<u32>,
+    /// `memory_mb` of its live instances together.
+    pub max_memory_mb: Option<u64>,
+}
+
+/// Per tenant: (instances, MiB) held now.
+type TenantUsage = Arc<Mutex<HashMap<String, (u64, u64)>>>;
+
+/// One instance's part of its tenant's usage, given back on drop.
+struct TenantHold {
+    usage: TenantUsage,
+    tenant: String,
+    memory_mb: u64,
+}
+
+impl Drop for TenantHold {
+    fn drop(&mut self) {
+        let mut usage = self.usage.lock().expect("tenant usage lock");
+        if let Some(u) = usage.get_mut(&self.tenant) {
+            u.0 -= 1;
+            u.1 -= self.memory_mb;
+            if u.0 == 0 {
+                usage.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// The shares of the node's capacity one instance holds for its whole life.
 struct Permits {
     _node: OwnedSemaphorePermit,
     _function: OwnedSemaphorePermit,
     _memory: OwnedSemaphorePermit,
+    tenant: TenantHold,
     /// Counts the instance for the pool's shutdown, which waits for it.
     _live: TaskTrackerToken,
 }
 
 struct Idle {
     instance: Box<dyn Instance>,
+    /// The function's epoch when the instance started (see [`Pool::recycle`]).
+    epoch: u64,
     since: Instant,
     /// When it last proved alive (released, or answered a heartbeat).
     checked: Instant,
@@ -69,6 +107,9 @@ struct State {
     /// Per function, the lowest version still wanted; `u32::MAX` once deleted.
     /// It only ever rises.
     floor: HashMap<String, u32>,
+    /// Per function, bumped when its instances must be replaced although
+    /// the version stays (its secrets changed).
+    epochs: HashMap<String, u64>,
     functions: HashMap<String, FunctionShare>,
     closed: bool,
 }
@@ -78,6 +119,7 @@ pub struct Lease {
     instance: Box<dyn Instance>,
     permits: Permits,
     key: PoolKey,
+    epoch: u64,
     /// Whether the instance was started for this invocation.
     pub cold: bool,
     /// Time the cold start took.
@@ -97,6 +139,9 @@ pub enum AcquireError {
     /// The node, or the function's share of it, is full and nothing freed
     /// up in time; says which.
     Saturated(String),
+    /// The tenant holds all the instances or memory its quota allows, none
+    /// of them idle; says which.
+    TenantFull(String),
     /// The pool is shutting down.
     Closed,
     /// Starting the instance failed.
@@ -108,6 +153,7 @@ pub struct Pool {
     state: Mutex<State>,
     node: Arc<Semaphore>,
     memory: Arc<Semaphore>,
+    tenants: TenantUsage,
     limits: PoolLimits,
     idle_timeout: Duration,
     heartbeat: Duration,
@@ -133,6 +179,7 @@ impl Pool {
             state: Mutex::new(State::default()),
             node: Arc::new(Semaphore::new(limits.instances)),
             memory: Arc::new(Semaphore::new(memory)),
+            tenants: TenantUsage::default(),
             limits,
             idle_timeout,
             heartbeat,
@@ -158,10 +205,11 @@ impl Pool {
     }
 
     /// Lend a warm instance of `key`, or start one in `sandbox` from `spec`
-    /// (an instance of `memory_mb`) within `wait`.
+    /// (an instance of `memory_mb`, counted against `tenant`) within `wait`.
     pub async fn acquire(
         &self,
         key: &PoolKey,
+        tenant: &TenantShare,
         sandbox: &dyn Sandbox,
         spec: impl FnOnce() -> InstanceSpec,
         memory_mb: u32,
@@ -176,6 +224,7 @@ impl Pool {
                         instance: idle.instance,
                         permits: idle.permits,
                         key: key.clone(),
+                        epoch: idle.epoch,
                         cold: false,
                         start_time: Duration::ZERO,
                     });
@@ -205,13 +254,23 @@ impl Pool {
                 )));
             }
         };
+        let tenant = match self.hold_for(tenant, memory_mb) {
+            Ok(hold) => hold,
+            Err(e) => {
+                drop(function);
+                self.wake(&key.function_id);
+                return Err(e);
+            }
+        };
         let (node, memory) = self.capacity(memory_mb, deadline).await?;
         let permits = Permits {
             _node: node,
             _function: function,
             _memory: memory,
+            tenant,
             _live: self.teardown.token(),
         };
+        let epoch = self.epoch(&key.function_id);
         let started = Instant::now();
         let start = tokio::select! {
             started = sandbox.start(spec()) => started,
@@ -239,6 +298,7 @@ impl Pool {
             instance,
             permits,
             key: key.clone(),
+            epoch,
             cold: true,
             start_time: started.elapsed(),
         })
@@ -256,6 +316,7 @@ impl Pool {
         let now = Instant::now();
         let idle = Idle {
             instance: lease.instance,
+            epoch: lease.epoch,
             since: now,
             checked: now,
             permits: lease.permits,
@@ -276,7 +337,8 @@ impl Pool {
         let wanted = st
             .floor
             .get(&key.function_id)
-            .is_none_or(|&floor| key.version >= floor);
+            .is_none_or(|&floor| key.version >= floor)
+            && st.epochs.get(&key.function_id).copied().unwrap_or(0) == idle.epoch;
         let function = key.function_id.clone();
         if healthy && wanted && !st.closed {
             st.idle.entry(key).or_default().push(idle);
@@ -369,6 +431,33 @@ impl Pool {
         }
     }
 
+    /// Replace every instance of `function_id` although its version stays
+    /// (its secrets changed): idle ones go now, busy ones when they return.
+    pub fn recycle(&self, function_id: &str) {
+        let mut st = self.state.lock().expect("pool lock");
+        *st.epochs.entry(function_id.to_string()).or_insert(0) += 1;
+        let keys: Vec<PoolKey> = st
+            .idle
+            .keys()
+            .filter(|k| k.function_id == function_id)
+            .cloned()
+            .collect();
+        let mut doomed = Vec::new();
+        for k in keys {
+            doomed.extend(st.idle.remove(&k).unwrap_or_default());
+        }
+        drop(st);
+        for idle in doomed {
+            self.metrics.warm_instances.dec();
+            self.destroy(idle.instance, idle.permits);
+        }
+    }
+
+    fn epoch(&self, function_id: &str) -> u64 {
+        let st = self.state.lock().expect("pool lock");
+        st.epochs.get(function_id).copied().unwrap_or(0)
+    }
+
     /// (idle, busy) instances of a function, every version.
     pub fn counts(&self, function_id: &str) -> (usize, usize) {
         let st = self.state.lock().expect("pool lock");
@@ -425,6 +514,51 @@ impl Pool {
         Ok(idle)
     }
 
+    /// Count a new instance of `memory_mb` against `share`'s tenant; at its
+    /// quota, evict the tenant's longest-idle instance, or refuse when none
+    /// is idle (the tenant is busy with everything it may have: a limit it
+    /// set, not a shortage to wait out).
+    fn hold_for(&self, share: &TenantShare, memory_mb: u32) -> Result<TenantHold, AcquireError> {
+        let memory_mb = u64::from(memory_mb);
+        loop {
+            let over_instances = {
+                let mut usage = self.tenants.lock().expect("tenant usage lock");
+                let (instances, memory) = usage.get(&share.tenant).copied().unwrap_or_default();
+                let over_instances = share
+                    .max_instances
+                    .is_some_and(|m| instances + 1 > u64::from(m));
+                let over_memory = share.max_memory_mb.is_some_and(|m| memory + memory_mb > m);
+                if !over_instances && !over_memory {
+                    let u = usage.entry(share.tenant.clone()).or_default();
+                    u.0 += 1;
+                    u.1 += memory_mb;
+                    return Ok(TenantHold {
+                        usage: self.tenants.clone(),
+                        tenant: share.tenant.clone(),
+                        memory_mb,
+                    });
+                }
+                over_instances
+            };
+            // Outside the usage lock: the evicted instance's hold takes it.
+            if !self.evict_oldest(Some(&share.tenant)) {
+                return Err(AcquireError::TenantFull(if over_instances {
+                    format!(
+                        "tenant {} has all {} instances its quota allows busy",
+                        share.tenant,
+                        share.max_instances.unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "tenant {} has all {} MiB of instance memory its quota allows busy",
+                        share.tenant,
+                        share.max_memory_mb.unwrap_or_default()
+                    )
+                }));
+            }
+        }
+    }
+
     /// A node slot and `memory_mb` of the memory budget; while either is
     /// short, evict the longest-idle instance of any function, else wait for
     /// a busy one to end (until `deadline`).
@@ -451,7 +585,7 @@ impl Pool {
             if let (Some(_), Some(_)) = (&node, &memory) {
                 return Ok((node.expect("checked"), memory.expect("checked")));
             }
-            if self.evict_one() {
+            if self.evict_oldest(None) {
                 continue;
             }
             // Nothing idle to make room: wait for a busy instance to end (or
@@ -493,19 +627,21 @@ impl Pool {
         }
     }
 
-    /// Destroy the longest-idle instance of any function; false when none is idle.
-    fn evict_one(&self) -> bool {
+    /// Destroy the longest-idle instance of any function (of `tenant`'s
+    /// functions when given); false when none is idle.
+    fn evict_oldest(&self, tenant: Option<&str>) -> bool {
         let victim = {
             let mut st = self.state.lock().expect("pool lock");
             let oldest = st
                 .idle
                 .iter()
-                .filter_map(|(k, v)| v.first().map(|i| (k.clone(), i.since)))
-                .min_by_key(|(_, since)| *since)
-                .map(|(k, _)| k);
-            oldest.map(|k| {
+                .flat_map(|(k, v)| v.iter().enumerate().map(move |(n, i)| (k, n, i)))
+                .filter(|(_, _, i)| tenant.is_none_or(|t| i.permits.tenant.tenant == t))
+                .min_by_key(|(_, _, i)| i.since)
+                .map(|(k, n, _)| (k.clone(), n));
+            oldest.map(|(k, n)| {
                 let list = st.idle.get_mut(&k).expect("present");
-                let victim = list.remove(0);
+                let victim = list.remove(n);
                 if list.is_empty() {
                     st.idle.remove(&k);
                 }
@@ -549,11 +685,12 @@ impl Pool {
             _node,
             _function,
             _memory,
+            tenant,
             _live,
         } = permits;
         // The capacity returns at once; the instance counts as live for the
         // shutdown until its teardown ends.
-        drop((_node, _function, _memory));
+        drop((_node, _function, _memory, tenant));
         let metrics = self.metrics.clone();
         self.teardown.spawn(async move {
             instance.destroy().await;
@@ -618,6 +755,18 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(2);
 
+    fn anyone() -> TenantShare {
+        tenant("default", None, None)
+    }
+
+    fn tenant(name: &str, max_instances: Option<u32>, max_memory_mb: Option<u64>) -> TenantShare {
+        TenantShare {
+            tenant: name.into(),
+            max_instances,
+            max_memory_mb,
+        }
+    }
+
     async fn settle() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -627,14 +776,14 @@ mod tests {
         let sandbox = FakeSandbox::default();
         let pool = pool(4, 4);
         let lease = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         assert!(lease.cold);
         let id = lease.instance.id().to_string();
         pool.release(lease, true);
         let lease = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         assert!(!lease.cold);
@@ -655,13 +804,13 @@ mod tests {
         let pool = pool(2, 2);
         for f in ["a", "b"] {
             let lease = pool
-                .acquire(&key(f, 1), &sandbox, spec, 64, WAIT)
+                .acquire(&key(f, 1), &anyone(), &sandbox, spec, 64, WAIT)
                 .await
                 .unwrap();
             pool.release(lease, true);
         }
         let lease = pool
-            .acquire(&key("c", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("c", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         settle().await;
@@ -676,7 +825,7 @@ mod tests {
         let sandbox = FakeSandbox::default();
         let pool = pool(4, 1);
         let first = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         // The second caller of `a` waits for the first instance...
@@ -685,14 +834,21 @@ mod tests {
             let pool = pool.clone();
             tokio::spawn(async move {
                 let sandbox = FakeSandbox::default();
-                pool.acquire(&key("a", 1), &sandbox, spec, 64, Duration::from_millis(200))
-                    .await
-                    .map(|l| l.cold)
+                pool.acquire(
+                    &key("a", 1),
+                    &anyone(),
+                    &sandbox,
+                    spec,
+                    64,
+                    Duration::from_millis(200),
+                )
+                .await
+                .map(|l| l.cold)
             })
         };
         // ...while another function gets an instance at once.
         let other = pool
-            .acquire(&key("b", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("b", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         assert!(started.elapsed() < Duration::from_millis(150));
@@ -702,7 +858,7 @@ mod tests {
         ));
         pool.release(first, true);
         let again = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         assert!(!again.cold, "the caller gets the instance that came back");
@@ -724,11 +880,18 @@ mod tests {
             metrics(),
         );
         let a = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         let err = pool
-            .acquire(&key("b", 1), &sandbox, spec, 64, Duration::from_millis(100))
+            .acquire(
+                &key("b", 1),
+                &anyone(),
+                &sandbox,
+                spec,
+                64,
+                Duration::from_millis(100),
+            )
             .await
             .err()
             .unwrap();
@@ -737,13 +900,14 @@ mod tests {
             "{err:?}"
         );
         assert!(matches!(
-            pool.acquire(&key("c", 1), &sandbox, spec, 200, WAIT).await,
+            pool.acquire(&key("c", 1), &anyone(), &sandbox, spec, 200, WAIT)
+                .await,
             Err(AcquireError::Saturated(_))
         ));
         pool.release(a, true);
         // The idle instance is evicted to make room.
         let b = pool
-            .acquire(&key("b", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("b", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         pool.release(b, true);
@@ -754,11 +918,11 @@ mod tests {
         let sandbox = FakeSandbox::default();
         let pool = pool(4, 4);
         let old = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         let busy_old = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         pool.release(old, true);
@@ -795,7 +959,7 @@ mod tests {
             metrics(),
         );
         let lease = pool
-            .acquire(&key("a", 1), &sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         pool.release(lease, true);
@@ -813,12 +977,12 @@ mod tests {
         let sandbox = Arc::new(FakeSandbox::default());
         let pool = pool(8, 8);
         let idle = pool
-            .acquire(&key("a", 1), &*sandbox, spec, 64, WAIT)
+            .acquire(&key("a", 1), &anyone(), &*sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         pool.release(idle, true);
         let busy = pool
-            .acquire(&key("b", 1), &*sandbox, spec, 64, WAIT)
+            .acquire(&key("b", 1), &anyone(), &*sandbox, spec, 64, WAIT)
             .await
             .unwrap();
         let slow = Arc::new(FakeSandbox {
@@ -827,7 +991,10 @@ mod tests {
         });
         let starting = {
             let (pool, slow) = (pool.clone(), slow.clone());
-            tokio::spawn(async move { pool.acquire(&key("c", 1), &*slow, spec, 64, WAIT).await })
+            tokio::spawn(async move {
+                pool.acquire(&key("c", 1), &anyone(), &*slow, spec, 64, WAIT)
+                    .await
+            })
         };
         settle().await;
         let stopping = {
@@ -844,8 +1011,71 @@ mod tests {
             .unwrap();
         assert_eq!(sandbox.counters.destroyed.load(Ordering::SeqCst), 2);
         assert!(matches!(
-            pool.acquire(&key("a", 1), &*sandbox, spec, 64, WAIT).await,
+            pool.acquire(&key("a", 1), &anyone(), &*sandbox, spec, 64, WAIT)
+                .await,
             Err(AcquireError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_at_its_quota_is_refused_and_others_are_not() {
+        let sandbox = FakeSandbox::default();
+        let pool = pool(8, 8);
+        let capped = tenant("a", Some(2), Some(128));
+        let first = pool
+            .acquire(&key("a1", 1), &capped, &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let second = pool
+            .acquire(&key("a2", 1), &capped, &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let refused = pool
+            .acquire(&key("a3", 1), &capped, &sandbox, spec, 64, WAIT)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(refused, AcquireError::TenantFull(ref m) if m.contains("2 instances")),
+            "{refused:?}"
+        );
+        // Another tenant is not held back by a's quota.
+        let other = pool
+            .acquire(
+                &key("b1", 1),
+                &tenant("b", Some(2), None),
+                &sandbox,
+                spec,
+                64,
+                WAIT,
+            )
+            .await
+            .unwrap();
+        // An idle instance of the tenant makes room for its own next one.
+        pool.release(first, true);
+        let third = pool
+            .acquire(&key("a3", 1), &capped, &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(sandbox.counters.destroyed.load(Ordering::SeqCst), 1);
+        // Memory: 128 MiB allows two of 64, not one of 64 plus one of 100.
+        pool.release(third, false);
+        let big = pool
+            .acquire(&key("a4", 1), &capped, &sandbox, spec, 100, WAIT)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(big, AcquireError::TenantFull(ref m) if m.contains("MiB")),
+            "{big:?}"
+        );
+        pool.release(second, false);
+        pool.release(other, false);
+        settle().await;
+        assert!(
+            pool.tenants.lock().unwrap().is_empty(),
+            "every hold returned"
+        );
     }
 }

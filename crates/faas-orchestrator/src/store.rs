@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use std::collections::BTreeMap;
 
-use faas_common::api::{FunctionInfo, InvocationRecord, JobBinding};
+use faas_auth::KeyRecord;
+use faas_auth::TenantId;
+use faas_common::api::{AuditEntry, FunctionInfo, InvocationRecord, JobBinding, TenantQuota};
 use faas_common::{Language, SandboxKind};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,9 @@ const KEEP_VERSIONS: i64 = 5;
 pub struct FunctionVersion {
     /// Stable id (`fn-` + 12 hex digits).
     pub id: String,
+    /// The tenant that owns it (records written before tenants: the default one).
+    #[serde(default = "TenantId::default_tenant")]
+    pub tenant: TenantId,
     /// Name.
     pub name: String,
     /// Version number, from 1.
@@ -63,6 +68,9 @@ pub struct FunctionVersion {
     pub code_sha256: String,
     /// SHA-256 key of the installed dependency layer, if any.
     pub deps_sha256: Option<String>,
+    /// Bytes of code and dependencies this version stores (for quotas).
+    #[serde(default)]
+    pub stored_bytes: u64,
 }
 
 impl FunctionVersion {
@@ -89,7 +97,8 @@ impl FunctionVersion {
 /// from version `i` to `i + 1`. Version 0 is an empty database or one written
 /// before the schema carried a version (the same tables, all created with
 /// `IF NOT EXISTS`, so the first step applies to both).
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS functions (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS functions (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         created_at TEXT NOT NULL,
@@ -112,7 +121,57 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS functions (
     CREATE TABLE IF NOT EXISTS jobs (
         job_id INTEGER PRIMARY KEY,
         function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE
-    );"];
+    );",
+    // 2: tenants. Function names and job ids are per tenant; what existed
+    // before belongs to the default tenant. API keys (hashes only), quotas,
+    // sealed secrets, and the append-only audit log.
+    "CREATE TABLE functions_2 (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        invocations INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (tenant, name)
+    );
+    INSERT INTO functions_2 (id, tenant, name, created_at, invocations, failures)
+        SELECT id, 'default', name, created_at, invocations, failures FROM functions;
+    DROP TABLE functions;
+    ALTER TABLE functions_2 RENAME TO functions;
+    CREATE TABLE jobs_2 (
+        tenant TEXT NOT NULL,
+        job_id INTEGER NOT NULL,
+        function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+        PRIMARY KEY (tenant, job_id)
+    );
+    INSERT INTO jobs_2 (tenant, job_id, function_id) SELECT 'default', job_id, function_id FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_2 RENAME TO jobs;
+    CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE quotas (
+        tenant TEXT PRIMARY KEY,
+        quota TEXT NOT NULL
+    );
+    CREATE TABLE secrets (
+        function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (function_id, name)
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        entry TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+];
 
 /// Bring `conn` to the newest schema version; returns the version it was at.
 fn migrate(conn: &mut Connection) -> Result<u32, OrchestratorError> {
@@ -123,20 +182,39 @@ fn migrate(conn: &mut Connection) -> Result<u32, OrchestratorError> {
             "the database is at schema version {found}, newer than this release knows ({newest}); use a newer release"
         )));
     }
+    // Tables are rebuilt by copy, drop and rename: with foreign keys on, a
+    // drop would cascade into the rows that reference them. Checked before
+    // each step commits instead.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     for (from, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(step)?;
+        let broken: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()?;
+        if let Some(table) = broken {
+            return Err(OrchestratorError::Internal(format!(
+                "schema migration {} left broken references in {table}",
+                from + 1
+            )));
+        }
         tx.pragma_update(None, "user_version", from as u32 + 1)?;
         tx.commit()?;
     }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(found)
 }
 
-/// (id, name) of the function whose id or name is `key`.
-fn resolve(conn: &Connection, key: &str) -> Result<(String, String), OrchestratorError> {
+/// (id, name) of `tenant`'s function whose id or name is `key`; another
+/// tenant's function is not found, exactly as one that does not exist.
+fn resolve(
+    conn: &Connection,
+    tenant: &TenantId,
+    key: &str,
+) -> Result<(String, String), OrchestratorError> {
     conn.query_row(
-        "SELECT id, name FROM functions WHERE id = ?1 OR name = ?1",
-        [key],
+        "SELECT id, name FROM functions WHERE (id = ?1 OR name = ?1) AND tenant = ?2",
+        params![key, tenant.as_str()],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()?
@@ -190,23 +268,26 @@ impl Store {
     /// `make` gets the function id and the new version number and returns the record.
     pub async fn add_version(
         &self,
+        tenant: TenantId,
         name: String,
         make: impl FnOnce(&str, u32) -> FunctionVersion + Send + 'static,
     ) -> Result<FunctionVersion, OrchestratorError> {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing: Option<String> = tx
-                .query_row("SELECT id FROM functions WHERE name = ?1", [&name], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT id FROM functions WHERE tenant = ?1 AND name = ?2",
+                    params![tenant.as_str(), name],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let id = match existing {
                 Some(id) => id,
                 None => {
                     let id = format!("fn-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
                     tx.execute(
-                        "INSERT INTO functions (id, name, created_at) VALUES (?1, ?2, ?3)",
-                        params![id, name, crate::now_rfc3339()],
+                        "INSERT INTO functions (id, tenant, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, tenant.as_str(), name, crate::now_rfc3339()],
                     )?;
                     id
                 }
@@ -231,15 +312,21 @@ impl Store {
         .await
     }
 
-    /// The newest version of the function with this id or name.
-    pub async fn latest(&self, id_or_name: &str) -> Result<FunctionVersion, OrchestratorError> {
+    /// The newest version of `tenant`'s function with this id or name.
+    pub async fn latest(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+    ) -> Result<FunctionVersion, OrchestratorError> {
         let key = id_or_name.to_string();
+        let tenant = tenant.clone();
         self.with(move |conn| {
             let spec: Option<String> = conn
                 .query_row(
                     "SELECT v.spec FROM versions v JOIN functions f ON f.id = v.function_id
-                     WHERE f.id = ?1 OR f.name = ?1 ORDER BY v.version DESC LIMIT 1",
-                    [&key],
+                     WHERE (f.id = ?1 OR f.name = ?1) AND f.tenant = ?2
+                     ORDER BY v.version DESC LIMIT 1",
+                    params![key, tenant.as_str()],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -251,15 +338,21 @@ impl Store {
         .await
     }
 
-    /// The newest version of every function, by name.
-    pub async fn list(&self) -> Result<Vec<FunctionVersion>, OrchestratorError> {
-        self.with(|conn| {
+    /// The newest version of every function of `tenant` (every tenant:
+    /// `None`), by name.
+    pub async fn list(
+        &self,
+        tenant: Option<&TenantId>,
+    ) -> Result<Vec<FunctionVersion>, OrchestratorError> {
+        let tenant = tenant.map(|t| t.as_str().to_string());
+        self.with(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT v.spec FROM versions v JOIN functions f ON f.id = v.function_id
                  WHERE v.version = (SELECT MAX(version) FROM versions WHERE function_id = f.id)
-                 ORDER BY f.name",
+                   AND (?1 IS NULL OR f.tenant = ?1)
+                 ORDER BY f.tenant, f.name",
             )?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map([tenant], |r| r.get::<_, String>(0))?;
             let mut out = Vec::new();
             for row in rows {
                 out.push(serde_json::from_str(&row?)?);
@@ -269,12 +362,18 @@ impl Store {
         .await
     }
 
-    /// Delete a function with all its versions and records; returns (id, name).
-    pub async fn delete(&self, id_or_name: &str) -> Result<(String, String), OrchestratorError> {
+    /// Delete a function with all its versions, records, secrets and job
+    /// bindings; returns (id, name).
+    pub async fn delete(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+    ) -> Result<(String, String), OrchestratorError> {
         let key = id_or_name.to_string();
+        let tenant = tenant.clone();
         self.with(move |conn| {
             let tx = conn.transaction()?;
-            let (id, name) = resolve(&tx, &key)?;
+            let (id, name) = resolve(&tx, &tenant, &key)?;
             tx.execute("DELETE FROM functions WHERE id = ?1", [&id])?;
             tx.commit()?;
             Ok((id, name))
@@ -285,17 +384,19 @@ impl Store {
     /// Bind `job_id` to the function with this id or name (replacing any binding).
     pub async fn bind_job(
         &self,
+        tenant: &TenantId,
         job_id: u32,
         function: &str,
     ) -> Result<JobBinding, OrchestratorError> {
         let key = function.to_string();
+        let tenant = tenant.clone();
         self.with(move |conn| {
             let tx = conn.transaction()?;
-            let (function_id, name) = resolve(&tx, &key)?;
+            let (function_id, name) = resolve(&tx, &tenant, &key)?;
             tx.execute(
-                "INSERT INTO jobs (job_id, function_id) VALUES (?1, ?2)
-                 ON CONFLICT(job_id) DO UPDATE SET function_id = excluded.function_id",
-                params![job_id, function_id],
+                "INSERT INTO jobs (tenant, job_id, function_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(tenant, job_id) DO UPDATE SET function_id = excluded.function_id",
+                params![tenant.as_str(), job_id, function_id],
             )?;
             tx.commit()?;
             Ok(JobBinding {
@@ -307,10 +408,18 @@ impl Store {
         .await
     }
 
-    /// Remove the binding of `job_id`.
-    pub async fn unbind_job(&self, job_id: u32) -> Result<(), OrchestratorError> {
+    /// Remove `tenant`'s binding of `job_id`.
+    pub async fn unbind_job(
+        &self,
+        tenant: &TenantId,
+        job_id: u32,
+    ) -> Result<(), OrchestratorError> {
+        let tenant = tenant.clone();
         self.with(move |conn| {
-            match conn.execute("DELETE FROM jobs WHERE job_id = ?1", [job_id])? {
+            match conn.execute(
+                "DELETE FROM jobs WHERE tenant = ?1 AND job_id = ?2",
+                params![tenant.as_str(), job_id],
+            )? {
                 0 => Err(OrchestratorError::NotFound(format!(
                     "binding of job {job_id}"
                 ))),
@@ -320,23 +429,36 @@ impl Store {
         .await
     }
 
-    /// The binding of `job_id`, if any.
-    pub async fn job(&self, job_id: u32) -> Result<Option<JobBinding>, OrchestratorError> {
-        Ok(self.jobs_where(Some(job_id)).await?.into_iter().next())
+    /// `tenant`'s binding of `job_id`, if any.
+    pub async fn job(
+        &self,
+        tenant: &TenantId,
+        job_id: u32,
+    ) -> Result<Option<JobBinding>, OrchestratorError> {
+        Ok(self
+            .jobs_where(tenant, Some(job_id))
+            .await?
+            .into_iter()
+            .next())
     }
 
-    /// Every binding, by job id.
-    pub async fn jobs(&self) -> Result<Vec<JobBinding>, OrchestratorError> {
-        self.jobs_where(None).await
+    /// Every binding of `tenant`, by job id.
+    pub async fn jobs(&self, tenant: &TenantId) -> Result<Vec<JobBinding>, OrchestratorError> {
+        self.jobs_where(tenant, None).await
     }
 
-    async fn jobs_where(&self, job_id: Option<u32>) -> Result<Vec<JobBinding>, OrchestratorError> {
+    async fn jobs_where(
+        &self,
+        tenant: &TenantId,
+        job_id: Option<u32>,
+    ) -> Result<Vec<JobBinding>, OrchestratorError> {
+        let tenant = tenant.clone();
         self.with(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT j.job_id, f.name, f.id FROM jobs j JOIN functions f ON f.id = j.function_id
-                 WHERE ?1 IS NULL OR j.job_id = ?1 ORDER BY j.job_id",
+                 WHERE j.tenant = ?1 AND (?2 IS NULL OR j.job_id = ?2) ORDER BY j.job_id",
             )?;
-            let rows = stmt.query_map([job_id], |r| {
+            let rows = stmt.query_map(params![tenant.as_str(), job_id], |r| {
                 Ok(JobBinding {
                     job_id: r.get(0)?,
                     function: r.get(1)?,
@@ -432,6 +554,229 @@ impl Store {
         .await
     }
 
+    /// Every key, with its hash and, if revoked, when.
+    pub async fn keys(
+        &self,
+    ) -> Result<Vec<(KeyRecord, String, Option<String>)>, OrchestratorError> {
+        self.with(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT record, hash, revoked_at FROM keys ORDER BY rowid")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (record, hash, revoked) = row?;
+                out.push((serde_json::from_str(&record)?, hash, revoked));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Store a new key (its hash only).
+    pub async fn add_key(&self, record: KeyRecord, hash: String) -> Result<(), OrchestratorError> {
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO keys (id, record, hash) VALUES (?1, ?2, ?3)",
+                params![record.id, serde_json::to_string(&record)?, hash],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Revoke key `id`; not found if there is no such live key.
+    pub async fn revoke_key(&self, id: &str) -> Result<KeyRecord, OrchestratorError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let record: Option<String> = tx
+                .query_row(
+                    "SELECT record FROM keys WHERE id = ?1 AND revoked_at IS NULL",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let record =
+                record.ok_or_else(|| OrchestratorError::NotFound(format!("key {id:?}")))?;
+            tx.execute(
+                "UPDATE keys SET revoked_at = ?2 WHERE id = ?1",
+                params![id, crate::now_rfc3339()],
+            )?;
+            tx.commit()?;
+            Ok(serde_json::from_str(&record)?)
+        })
+        .await
+    }
+
+    /// Every tenant's quota.
+    pub async fn quotas(&self) -> Result<Vec<(TenantId, TenantQuota)>, OrchestratorError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT tenant, quota FROM quotas")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (tenant, quota) = row?;
+                let tenant = TenantId::try_from(tenant)
+                    .map_err(|e| OrchestratorError::Internal(format!("stored tenant: {e}")))?;
+                out.push((tenant, serde_json::from_str(&quota)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Set (replace) `tenant`'s quota.
+    pub async fn set_quota(
+        &self,
+        tenant: &TenantId,
+        quota: &TenantQuota,
+    ) -> Result<(), OrchestratorError> {
+        let (tenant, quota) = (tenant.clone(), serde_json::to_string(quota)?);
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO quotas (tenant, quota) VALUES (?1, ?2)
+                 ON CONFLICT(tenant) DO UPDATE SET quota = excluded.quota",
+                params![tenant.as_str(), quota],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// How many functions `tenant` has, and the bytes their stored versions hold.
+    pub async fn usage(&self, tenant: &TenantId) -> Result<(u64, u64), OrchestratorError> {
+        let tenant = tenant.clone();
+        self.with(move |conn| {
+            Ok(conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM functions WHERE tenant = ?1),
+                        (SELECT COALESCE(SUM(json_extract(v.spec, '$.stored_bytes')), 0)
+                         FROM versions v JOIN functions f ON f.id = v.function_id
+                         WHERE f.tenant = ?1)",
+                [tenant.as_str()],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+        .await
+    }
+
+    /// Set secret `name` of function `function_id` (sealed).
+    pub async fn put_secret(
+        &self,
+        function_id: &str,
+        name: &str,
+        sealed: Vec<u8>,
+    ) -> Result<(), OrchestratorError> {
+        let (id, name) = (function_id.to_string(), name.to_string());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO secrets (function_id, name, sealed) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(function_id, name) DO UPDATE SET sealed = excluded.sealed",
+                params![id, name, sealed],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remove secret `name`; not found if it is not set.
+    pub async fn delete_secret(
+        &self,
+        function_id: &str,
+        name: &str,
+    ) -> Result<(), OrchestratorError> {
+        let (id, name) = (function_id.to_string(), name.to_string());
+        self.with(move |conn| {
+            match conn.execute(
+                "DELETE FROM secrets WHERE function_id = ?1 AND name = ?2",
+                params![id, name],
+            )? {
+                0 => Err(OrchestratorError::NotFound(format!("secret {name:?}"))),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The sealed secrets of a function (every function's: `None`), by name.
+    pub async fn secrets(
+        &self,
+        function_id: Option<&str>,
+    ) -> Result<Vec<(String, String, Vec<u8>)>, OrchestratorError> {
+        let id = function_id.map(str::to_string);
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT function_id, name, sealed FROM secrets
+                 WHERE ?1 IS NULL OR function_id = ?1 ORDER BY function_id, name",
+            )?;
+            let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Replace every sealed secret at once (a node key rotation).
+    pub async fn reseal_all(
+        &self,
+        resealed: Vec<(String, String, Vec<u8>)>,
+    ) -> Result<(), OrchestratorError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            for (id, name, sealed) in resealed {
+                tx.execute(
+                    "UPDATE secrets SET sealed = ?3 WHERE function_id = ?1 AND name = ?2",
+                    params![id, name, sealed],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Append to the audit log.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<(), OrchestratorError> {
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO audit (entry) VALUES (?1)",
+                [serde_json::to_string(&entry)?],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` audit entries older than `before`, newest first.
+    pub async fn audit_page(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<Vec<AuditEntry>, OrchestratorError> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT seq, entry FROM audit WHERE seq < ?2 ORDER BY seq DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64, before.unwrap_or(i64::MAX)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, entry) = row?;
+                let mut entry: AuditEntry = serde_json::from_str(&entry)?;
+                entry.seq = seq;
+                out.push(entry);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// (total, failed) invocation counts of a function since it was created.
     pub async fn counts(&self, function_id: &str) -> Result<(u64, u64), OrchestratorError> {
         let id = function_id.to_string();
@@ -447,9 +792,13 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use faas_common::api::Outcome;
+
+    fn default() -> TenantId {
+        TenantId::default_tenant()
+    }
 
     /// A version record as the release before schema versions wrote it.
     const PREVIOUS_RELEASE_SPEC: &str = r#"{"id":"fn-0123456789ab","name":"hello","version":1,
@@ -457,9 +806,11 @@ mod tests {
         "code_sha256":"aa11","dependencies":["six==1.16.0"],"env":{"K":"v"},"sandbox":"native",
         "created_at":"2026-11-01T00:00:00Z","deps_sha256":"bb22"}"#;
 
-    fn version_of(id: &str, version: u32, code: &str) -> FunctionVersion {
+    /// A version of function `f` in the default tenant.
+    pub(crate) fn version_of(id: &str, version: u32, code: &str) -> FunctionVersion {
         FunctionVersion {
             id: id.into(),
+            tenant: default(),
             name: "f".into(),
             version,
             language: Language::Shell,
@@ -473,6 +824,7 @@ mod tests {
             created_at: "now".into(),
             code_sha256: code.into(),
             deps_sha256: None,
+            stored_bytes: 0,
         }
     }
 
@@ -513,7 +865,7 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        let f = store.latest("hello").await.unwrap();
+        let f = store.latest(&default(), "hello").await.unwrap();
         assert_eq!(f.code_sha256, "aa11");
         assert_eq!(f.deps_sha256.as_deref(), Some("bb22"));
         assert_eq!(f.info().sandbox, SandboxKind::Native);
@@ -525,7 +877,11 @@ mod tests {
         // Opening again migrates nothing and loses nothing.
         drop(store);
         assert_eq!(
-            Store::open(&path).unwrap().latest("hello").await.unwrap(),
+            Store::open(&path)
+                .unwrap()
+                .latest(&default(), "hello")
+                .await
+                .unwrap(),
             f
         );
     }
@@ -549,7 +905,7 @@ mod tests {
         let mut id = String::new();
         for n in 1..=7 {
             let v = store
-                .add_version("f".into(), move |id, version| {
+                .add_version(default(), "f".into(), move |id, version| {
                     version_of(id, version, &format!("code{n}"))
                 })
                 .await
@@ -573,11 +929,59 @@ mod tests {
         assert!(next[0].0 < page[9].0, "older records on the next page");
         let (total, failed) = store.counts(&id).await.unwrap();
         assert_eq!((total, failed), (210, 105));
-        store.delete("f").await.unwrap();
+        store.delete(&default(), "f").await.unwrap();
         assert!(matches!(
-            store.latest("f").await,
+            store.latest(&default(), "f").await,
             Err(OrchestratorError::NotFound(_))
         ));
         assert!(store.referenced().await.unwrap().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn names_are_per_tenant_and_the_audit_log_is_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let other = TenantId::try_from("other".to_string()).unwrap();
+        let mine = store
+            .add_version(default(), "f".into(), |id, v| version_of(id, v, "a"))
+            .await
+            .unwrap();
+        let theirs = store
+            .add_version(other.clone(), "f".into(), move |id, v| FunctionVersion {
+                tenant: TenantId::try_from("other".to_string()).unwrap(),
+                ..version_of(id, v, "b")
+            })
+            .await
+            .unwrap();
+        assert_ne!(mine.id, theirs.id);
+        assert_eq!(
+            theirs.version, 1,
+            "a name of another tenant is a new function"
+        );
+        assert_eq!(store.latest(&other, "f").await.unwrap().code_sha256, "b");
+        assert!(
+            store.latest(&other, &mine.id).await.is_err(),
+            "an id of another tenant is not found"
+        );
+        assert!(store.delete(&other, &mine.id).await.is_err());
+        assert_eq!(store.list(Some(&other)).await.unwrap().len(), 1);
+        assert_eq!(store.list(None).await.unwrap().len(), 2);
+        store
+            .audit(AuditEntry {
+                seq: 0,
+                at: "now".into(),
+                tenant: Some("other".into()),
+                key_id: None,
+                source: None,
+                action: "deploy".into(),
+                target: Some("f".into()),
+                detail: None,
+            })
+            .await
+            .unwrap();
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        assert!(conn.execute("UPDATE audit SET action = 'x'", []).is_err());
+        assert!(conn.execute("DELETE FROM audit", []).is_err());
+        assert_eq!(store.audit_page(10, None).await.unwrap().len(), 1);
     }
 }

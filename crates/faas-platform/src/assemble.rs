@@ -28,6 +28,10 @@ pub struct Platform {
     pub orchestrator: Arc<Orchestrator>,
     /// What it was built from.
     pub config: PlatformConfig,
+    /// The admin key, when this start made it (the first start of an empty
+    /// data directory): the binary shows it once. It is also in
+    /// `<data>/admin.key`, mode 0600.
+    pub new_admin_key: Option<String>,
     /// Images and disks in use, held so that a prune spares them.
     _in_use: Vec<InUse>,
 }
@@ -123,11 +127,85 @@ pub async fn build(
     if let Some(node) = attestation(&config).await? {
         orchestrator.set_attestation(node);
     }
+    let new_admin_key =
+        orchestrator
+            .bootstrap_admin_key()
+            .await
+            .map_err(|source| PlatformError::State {
+                dir: config.data_dir().display().to_string(),
+                source,
+            })?;
+    if !orchestrator.auth_enabled() {
+        tracing::warn!("{}", faas_gateway::auth::NO_AUTH_WARNING);
+    }
     Ok(Platform {
         orchestrator: Arc::new(orchestrator),
         config,
+        new_admin_key,
         _in_use: in_use,
     })
+}
+
+impl Platform {
+    /// The HTTP API over this node.
+    pub fn router(&self) -> faas_gateway::Router {
+        faas_gateway::router(self.orchestrator.clone(), self.config.api.gateway)
+    }
+
+    /// Serve the API on `listener` (HTTPS when configured) until `shutdown`.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), PlatformError> {
+        let tls = self.tls()?;
+        faas_gateway::serve::serve(listener, self.router(), tls, shutdown)
+            .await
+            .map_err(|e| PlatformError::Config(format!("serving the API: {e}")))
+    }
+
+    /// The TLS acceptor, when HTTPS is configured.
+    pub fn tls(&self) -> Result<Option<faas_gateway::serve::TlsAcceptor>, PlatformError> {
+        self.config
+            .api
+            .tls
+            .as_ref()
+            .map(|(cert, key)| {
+                faas_gateway::serve::tls_acceptor(cert, key)
+                    .map_err(|e| PlatformError::Config(format!("HTTPS: {e}")))
+            })
+            .transpose()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.config.api.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// What a binary prints, once, when a start made the admin key: the key
+/// itself only to a terminal, so that it never lands in a log file.
+pub fn admin_key_notice(key: &str, config: &PlatformConfig, to_terminal: bool) -> String {
+    let path = config.data_dir().join("admin.key");
+    let shown = if to_terminal {
+        format!(
+            "faas: created the admin key (shown only now; also in {}, mode 0600):\n  {key}\n",
+            path.display()
+        )
+    } else {
+        format!(
+            "faas: created the admin key in {} (mode 0600)\n",
+            path.display()
+        )
+    };
+    format!(
+        "{shown}faas: send it as `Authorization: Bearer <key>` (the CLI reads that file when \
+         root talks to a local server); make tenant keys with `faas admin keys create`"
+    )
 }
 
 async fn ensure(

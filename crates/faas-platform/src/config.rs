@@ -84,6 +84,19 @@ pub struct Flags {
     /// Guest root filesystem for microVMs [default: built per language].
     #[arg(long, env = "FAAS_FC_ROOTFS_PATH")]
     pub fc_rootfs_path: Option<PathBuf>,
+    /// Serve without API keys: anyone who can reach the port is admin. For
+    /// local development only; said loudly at start and in /healthz.
+    #[arg(long, env = "FAAS_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Serve /metrics without a key (for a scraper on a trusted network).
+    #[arg(long, env = "FAAS_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "FAAS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "FAAS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The config file (TOML); every key optional, unknown keys are errors.
@@ -133,6 +146,9 @@ pub struct FileConfig {
     /// Attestation settings.
     #[serde(default)]
     pub attestation: AttestationFileConfig,
+    /// HTTP API settings: auth, TLS, metrics.
+    #[serde(default)]
+    pub api: ApiFileConfig,
 }
 
 /// `[code]` table.
@@ -157,6 +173,20 @@ pub struct DepsFileConfig {
     pub max_layer_mb: Option<u32>,
     /// Longest install, seconds.
     pub timeout_sec: Option<u64>,
+}
+
+/// `[api]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFileConfig {
+    /// See `--insecure-no-auth`.
+    pub insecure_no_auth: Option<bool>,
+    /// See `--metrics-public`.
+    pub metrics_public: Option<bool>,
+    /// See `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// See `--tls-key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[attestation]` table.
@@ -282,11 +312,22 @@ pub struct AttestationSettings {
     pub refresh: Duration,
 }
 
+/// HTTP API settings.
+#[derive(Debug, Clone, Default)]
+pub struct ApiSettings {
+    /// Routes and their rules.
+    pub gateway: faas_gateway::GatewayConfig,
+    /// HTTPS: (certificate chain, private key), PEM.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
 /// Everything a node is built from.
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
+    /// How it serves.
+    pub api: ApiSettings,
     /// Where images are built and cached.
     pub images_dir: PathBuf,
     /// The guest agent put into every image.
@@ -441,6 +482,7 @@ impl PlatformConfig {
                 ..defaults.deps_limits
             },
             code_writer_uid: Some(host_ids.code_writer_uid()),
+            auth: !(flags.insecure_no_auth || file.api.insecure_no_auth.unwrap_or(false)),
         };
         if orchestrator.max_instances == 0 || orchestrator.max_instances_per_function == 0 {
             return Err(bad(
@@ -459,8 +501,23 @@ impl PlatformConfig {
                 "attestation mode {attestation_mode:?} is not one of auto, simulated, off"
             )));
         }
+        let tls = match (
+            flags.tls_cert.clone().or(file.api.tls_cert.clone()),
+            flags.tls_key.clone().or(file.api.tls_key.clone()),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(bad("tls_cert and tls_key go together".into())),
+        };
         Ok(PlatformConfig {
             addr,
+            api: ApiSettings {
+                gateway: faas_gateway::GatewayConfig {
+                    metrics_public: flags.metrics_public
+                        || file.api.metrics_public.unwrap_or(false),
+                },
+                tls,
+            },
             images_dir: flags
                 .images_dir
                 .clone()

@@ -12,10 +12,10 @@ mod assemble;
 mod config;
 mod layout;
 
-pub use assemble::{build, Platform, Progress};
+pub use assemble::{admin_key_notice, build, Platform, Progress};
 pub use config::{
-    agent_path, AttestationSettings, DockerSettings, FileConfig, Flags, MicrovmSettings,
-    NativeSettings, PlatformConfig,
+    agent_path, ApiFileConfig, ApiSettings, AttestationSettings, DockerSettings, FileConfig, Flags,
+    MicrovmSettings, NativeSettings, PlatformConfig,
 };
 pub use layout::{owner_label, DataLayout};
 

@@ -287,6 +287,9 @@ pub struct TestServer {
     extra_args: Vec<String>,
     child: Option<Child>,
     http: reqwest::Client,
+    /// The admin key the server made at its first start (`None` with
+    /// `--insecure-no-auth`).
+    pub admin_key: Option<String>,
     /// Held for the server's life by microVM servers (see [`ONE_MICROVM_SERVER`]);
     /// dropped after `Drop::drop` has stopped the server.
     _vm_turn: Option<tokio::sync::MutexGuard<'static, ()>>,
@@ -329,6 +332,7 @@ impl TestServer {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             http: reqwest::Client::new(),
+            admin_key: None,
             _vm_turn: vm_turn,
         };
         server.spawn().await;
@@ -357,7 +361,19 @@ impl TestServer {
 
     async fn spawn(&mut self) {
         let port = free_port();
-        self.url = format!("http://127.0.0.1:{port}");
+        // With `--tls-cert`, speak HTTPS to the name the test certificate
+        // holds (`localhost`), trusting that certificate.
+        let ca = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--tls-cert")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .map(|path| std::fs::read(path).expect("the test certificate"));
+        self.url = match ca {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        self.http = client_trusting(None, ca.as_deref());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -395,6 +411,10 @@ impl TestServer {
         loop {
             if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await {
                 if r.status().is_success() {
+                    self.admin_key = std::fs::read_to_string(self.data.path().join("admin.key"))
+                        .ok()
+                        .map(|k| k.trim().to_string());
+                    self.http = client_trusting(self.admin_key.as_deref(), ca.as_deref());
                     return;
                 }
             }
@@ -637,6 +657,11 @@ impl TestServer {
         found
     }
 
+    /// A client sending the admin key (when there is one) with every request.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     /// GET `path`, returning status and JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
@@ -749,8 +774,30 @@ impl TestServer {
 
     /// Run the `faas` CLI against this server.
     pub async fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
+        self.cli_as(self.admin_key.as_deref(), args, stdin).await
+    }
+
+    /// Run the `faas` CLI with `FAAS_API_KEY=key`; with `None`, the CLI
+    /// finds no key but this server's admin key file (`FAAS_DATA_DIR`), which
+    /// it reads as root.
+    pub async fn cli_as(
+        &self,
+        key: Option<&str>,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> CliOutput {
         use tokio::io::AsyncWriteExt;
-        let mut child = Command::new(faas_bin())
+        let mut cmd = Command::new(faas_bin());
+        cmd.env_remove("FAAS_API_KEY")
+            .env("FAAS_PROFILE", self.data.path().join("no-profile.toml"))
+            .env("FAAS_DATA_DIR", self.data.path());
+        if let Some(i) = self.extra_args.iter().position(|a| a == "--tls-cert") {
+            cmd.env("FAAS_CA_CERT", &self.extra_args[i + 1]);
+        }
+        if let Some(key) = key {
+            cmd.env("FAAS_API_KEY", key);
+        }
+        let mut child = cmd
             .args(args)
             .env("FAAS_SERVER", &self.url)
             .stdin(Stdio::piped())
@@ -787,6 +834,28 @@ impl Drop for TestServer {
             }
         }
     }
+}
+
+/// A client sending `key` as `Authorization: Bearer` with every request.
+pub fn client_with(key: Option<&str>) -> reqwest::Client {
+    client_trusting(key, None)
+}
+
+/// [`client_with`], also trusting the PEM certificate `ca`.
+pub fn client_trusting(key: Option<&str>, ca: Option<&[u8]>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .expect("a key is a header value");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(pem) = ca {
+        builder = builder
+            .add_root_certificate(reqwest::Certificate::from_pem(pem).expect("a PEM certificate"));
+    }
+    builder.build().expect("HTTP client")
 }
 
 /// An invocation's outcome.

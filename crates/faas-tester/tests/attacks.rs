@@ -720,9 +720,9 @@ async fn capacity_is_shared_and_delete_is_immediate(executor: Executor) {
     let burst: Vec<_> = (0..6)
         .map(|_| {
             let url = url.clone();
+            let http = s.http();
             tokio::spawn(async move {
-                reqwest::Client::new()
-                    .post(format!("{url}/functions/slow/invoke"))
+                http.post(format!("{url}/functions/slow/invoke"))
                     .body("{}")
                     .send()
                     .await
@@ -790,8 +790,9 @@ async fn shutdown_during_a_burst_leaves_nothing(executor: Executor) {
     let burst: Vec<_> = (0..16)
         .map(|_| {
             let url = url.clone();
+            let http = s.http();
             tokio::spawn(async move {
-                let _ = reqwest::Client::new()
+                let _ = http
                     .post(format!("{url}/functions/burst/invoke"))
                     .body("{}")
                     .send()

@@ -84,7 +84,10 @@ async fn simulated_evidence_never_satisfies_a_hardware_policy() {
     let r = s.invoke("conf", b"{}").await;
     assert_eq!(r.status, 412, "{}", r.text());
     assert!(r.text().contains("did not verify"), "{}", r.text());
-    let metrics = reqwest::get(format!("{}/metrics", s.url))
+    let metrics = s
+        .http()
+        .get(format!("{}/metrics", s.url))
+        .send()
         .await
         .unwrap()
         .text()

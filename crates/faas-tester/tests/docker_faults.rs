@@ -32,14 +32,8 @@ async fn docker_faults_give_clean_errors_and_recover() {
     let owner = s.docker_owner();
     let slow = {
         let url = format!("{}/functions/slow/invoke", s.url);
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .body(r#"{"sleep": 5}"#)
-                .send()
-                .await
-                .unwrap()
-        })
+        let http = s.http();
+        tokio::spawn(async move { http.post(url).body(r#"{"sleep": 5}"#).send().await.unwrap() })
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
     let ids = faas_tester::docker::containers_of(&daemon.host, &owner);

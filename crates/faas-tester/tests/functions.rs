@@ -249,7 +249,10 @@ async fn metrics_count_invocations(executor: Executor) {
     for _ in 0..3 {
         s.invoke_json("m1", json!({"x": 1})).await;
     }
-    let text = reqwest::get(format!("{}/metrics", s.url))
+    let text = s
+        .http()
+        .get(format!("{}/metrics", s.url))
+        .send()
         .await
         .unwrap()
         .text()

@@ -197,7 +197,8 @@ async fn bad_invocations_are_refused(executor: Executor) {
     assert!(v["error"].is_string());
     let (status, v) = s.delete("/functions/missing").await;
     assert_eq!(status, 404, "{v}");
-    let r = reqwest::Client::new()
+    let r = s
+        .http()
         .put(format!("{}/functions", s.url))
         .send()
         .await

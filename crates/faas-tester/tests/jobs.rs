@@ -73,7 +73,7 @@ async fn native_executable_serves_a_bound_job(executor: Executor) {
     assert_eq!(s.invoke("noexec", b"x").await.status, 500);
 
     // Bind job 7 and speak the SDK's protocol.
-    let http = reqwest::Client::new();
+    let http = s.http();
     let head = http.head(format!("{}/job/7", s.url)).send().await.unwrap();
     assert_eq!(head.status(), 404, "unbound job");
     let out = s.cli(&["jobs", "bind", "7", "rev"], None).await;

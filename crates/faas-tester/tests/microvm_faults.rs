@@ -45,9 +45,9 @@ async fn killed_vmm_mid_invocation(executor: Executor) {
 
     let slow = {
         let url = format!("{}/functions/slow/invoke", s.url);
+        let http = s.http();
         tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
+            http.post(url)
                 .body(r#"{"sleep": 20}"#)
                 .send()
                 .await

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod admin;
 pub mod attest;
 pub mod deploy;
 pub mod doctor;
@@ -7,4 +8,5 @@ pub mod images;
 pub mod invoke;
 pub mod jobs;
 pub mod manage;
+pub mod secrets;
 pub mod serve;

@@ -28,7 +28,13 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .await
         .context("cannot start the platform")?;
     let orchestrator = platform.orchestrator.clone();
-    let app = faas_gateway::router(orchestrator.clone());
+    if let Some(key) = &platform.new_admin_key {
+        use std::io::IsTerminal;
+        let notice =
+            faas_platform::admin_key_notice(key, &platform.config, std::io::stderr().is_terminal());
+        eprintln!("{notice}");
+    }
+    let scheme = platform.scheme();
     let addr = platform.config.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -41,14 +47,14 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .map(|k| k.as_str())
         .collect();
     tracing::info!(
-        "listening on http://{local} (sandboxes {}, data {})",
+        "listening on {scheme}://{local} (sandboxes {}, data {})",
         kinds.join(", "),
         platform.config.data_dir().display()
     );
-    eprintln!("faas: listening on http://{local}");
+    eprintln!("faas: listening on {scheme}://{local}");
     let stopping = orchestrator.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let served = platform
+        .serve(listener, async move {
             shutdown_signal().await;
             // Before the API drains: requests in flight end fast instead of
             // waiting for instances to boot.
