@@ -22,6 +22,8 @@ need_root() {
 install_packages() {
     # The sandboxes and their images; the test suite's Docker engine.
     local want=(runc mmdebstrap ca-certificates curl docker.io git)
+    # Egress policies: veth links (iproute2) and their rules (nftables).
+    want+=(iproute2 nftables)
     # Building: a C toolchain for -sys crates (SQLite, zstd, lz4); the
     # Blueprint crates run tonic-build (protoc and the well-known .proto files)
     # and build RocksDB with bindgen (clang).

@@ -51,7 +51,8 @@ pub enum Scope {
     Invoke,
     /// Read functions, status, logs, results.
     Read,
-    /// Everything, in every tenant: keys, quotas, the audit log, metrics.
+    /// The node's administration across tenants (keys, quotas, the audit
+    /// log, metrics, the secrets key), and every scope in its own tenant.
     Admin,
 }
 
@@ -225,7 +226,7 @@ impl NodeKey {
     }
 
     /// Seal `plain` (a secret's value): a random nonce, then the ciphertext
-    /// with its tag. `context` (tenant, function, name) is bound in, so a
+    /// with its tag. `context` (the function id and the secret name) is bound in, so a
     /// sealed value cannot be moved to another secret.
     pub fn seal(&self, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, AuthError> {
         let cipher = ChaCha20Poly1305::new_from_slice(&self.0).expect("32-byte key");

@@ -168,7 +168,7 @@ async fn run(cli: Cli) -> Result<()> {
     let tls = platform.tls()?;
     let app = platform.router();
     let ctx = FaaSContext::new(platform, env.clone());
-    let orchestrator = ctx.orchestrator().clone();
+    let node = ctx.clone();
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -198,7 +198,7 @@ async fn run(cli: Cli) -> Result<()> {
         () = shutdown_signal() => Ok(()),
     };
     tracing::info!("shutting down: stopping instances");
-    orchestrator.shutdown().await;
+    node.platform().shutdown().await;
     outcome
 }
 

@@ -33,6 +33,9 @@ pub struct FunctionInfo {
     /// Attested hardware it requires (`tdx`, `sev_snp`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<String>,
+    /// Destinations it may reach (none: no network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
     /// When this version was deployed (RFC 3339).
     pub created_at: String,
 }

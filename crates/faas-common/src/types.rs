@@ -174,6 +174,9 @@ pub struct FunctionDefinition {
     /// Hardware the function must run on, verified by attestation: `tdx` or `sev-snp`.
     #[serde(default)]
     pub attestation: Option<String>,
+    /// Network access: none unless an egress allow-list opens destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkPolicy>,
 }
 
 /// The outcome of one invocation (the compatible result type of `/execute`

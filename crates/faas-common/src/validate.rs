@@ -55,6 +55,9 @@ pub fn definition(def: &FunctionDefinition) -> Result<Language, DefinitionError>
         }
     }
     env(&def.env)?;
+    if let Some(network) = &def.network {
+        crate::network::parse_egress(network).map_err(|e| bad(e.to_string()))?;
+    }
     if !def.dependencies.is_empty() {
         crate::deps::validate(language, &def.dependencies).map_err(|e| bad(e.to_string()))?;
     }

@@ -47,6 +47,9 @@ pub enum ExecutorError {
         /// What the function printed before.
         logs: String,
     },
+    /// The instance's network (its egress allow-list) could not be set up.
+    #[error("egress policy: {0}")]
+    Network(#[from] faas_netpolicy::NetPolicyError),
     /// The host-agent conversation failed.
     #[error("agent protocol: {0}")]
     Protocol(#[from] faas_common::protocol::ProtocolError),

@@ -48,6 +48,8 @@ pub struct InstanceSpec {
     pub memory_mb: u32,
     /// The handler to load; `None` for a bare instance that only runs `exec`.
     pub init: Option<InitSpec>,
+    /// Destinations the instance may reach; empty: no network at all.
+    pub egress: Vec<faas_common::network::EgressRule>,
 }
 
 /// A built runtime image, as every sandbox kind consumes it.
@@ -93,6 +95,12 @@ pub trait Sandbox: Send + Sync + 'static {
 
     /// Start an instance and, when `spec.init` is set, load its handler.
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError>;
+
+    /// Whether instances can get exactly the network an egress allow-list
+    /// opens; `Err` says why not.
+    fn egress_support(&self) -> Result<(), String> {
+        Err("this sandbox kind gives functions no network device".into())
+    }
 
     /// Remove instances a previous process left behind (after a crash); returns how many.
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError>;
@@ -173,6 +181,7 @@ impl<S: Sandbox + ?Sized> SandboxExecutor for S {
                 deps_dir: None,
                 memory_mb: config.memory_mb,
                 init: None,
+                egress: Vec::new(),
             })
             .await?;
         let outcome = instance

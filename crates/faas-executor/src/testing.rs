@@ -230,6 +230,7 @@ mod tests {
                 memory_mb: 64,
                 env: Default::default(),
             }),
+            egress: Vec::new(),
         }
     }
 

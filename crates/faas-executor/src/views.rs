@@ -27,8 +27,9 @@ const KEEP_UNUSED: Duration = Duration::from_secs(60);
 pub struct Views {
     images: PathBuf,
     mounts: PathBuf,
-    /// Mounted views: how many instances use each, and since when none does.
-    live: Mutex<HashMap<String, (usize, Instant)>>,
+    /// Mounted views: how many instances use each, since when none does,
+    /// and whether its tree is gone (unmount as soon as the last use ends).
+    live: Mutex<HashMap<String, (usize, Instant, bool)>>,
     /// Serialises building, mounting and unmounting (a cold path), so a view
     /// is made once and never unmounted while being mounted again.
     making: tokio::sync::Mutex<()>,
@@ -51,7 +52,12 @@ impl View {
 
 impl Drop for View {
     fn drop(&mut self) {
-        self.views.release(&self.key);
+        if self.views.release(&self.key) {
+            // The last use of a forgotten view: unmount it and drop its image
+            // now (from a thread: Drop cannot await), not at the next start.
+            let (views, key) = (self.views.clone(), self.key.clone());
+            std::thread::spawn(move || views.remove_forgotten(&key));
+        }
     }
 }
 
@@ -109,7 +115,7 @@ impl Views {
         self.live
             .lock()
             .expect("views lock")
-            .insert(key.clone(), (1, Instant::now()));
+            .insert(key.clone(), (1, Instant::now(), false));
         Ok(self.view(key, path))
     }
 
@@ -120,7 +126,7 @@ impl Views {
             let mut live = self.live.lock().expect("views lock");
             let stale: Vec<String> = live
                 .iter()
-                .filter(|(_, (n, since))| *n == 0 && since.elapsed() >= KEEP_UNUSED)
+                .filter(|(_, (n, since, _))| *n == 0 && since.elapsed() >= KEEP_UNUSED)
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in &stale {
@@ -147,20 +153,47 @@ impl Views {
     /// Count one more use of a mounted view; false if it is not mounted.
     fn take(&self, key: &str) -> bool {
         match self.live.lock().expect("views lock").get_mut(key) {
-            Some((n, _)) => {
+            Some((n, _, forgotten)) => {
                 *n += 1;
+                // Used again: its tree is stored again.
+                *forgotten = false;
                 true
             }
             None => false,
         }
     }
 
-    fn release(&self, key: &str) {
-        if let Some((n, since)) = self.live.lock().expect("views lock").get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                *since = Instant::now();
+    /// One use fewer; true when that was the last use of a forgotten view.
+    fn release(&self, key: &str) -> bool {
+        match self.live.lock().expect("views lock").get_mut(key) {
+            Some((n, since, forgotten)) => {
+                *n -= 1;
+                if *n == 0 {
+                    *since = Instant::now();
+                }
+                *n == 0 && *forgotten
             }
+            None => false,
+        }
+    }
+
+    /// Unmount a forgotten view nobody uses and remove its image (on a
+    /// thread of its own; takes `making` so no mount of it races).
+    fn remove_forgotten(&self, key: &str) {
+        let _making = self.making.blocking_lock();
+        let unused = {
+            let mut live = self.live.lock().expect("views lock");
+            let unused = matches!(live.get(key), Some((0, _, true)));
+            if unused {
+                live.remove(key);
+            }
+            unused
+        };
+        if unused {
+            let _ = std::process::Command::new("umount")
+                .arg(self.mounts.join(key))
+                .status();
+            let _ = std::fs::remove_file(self.images.join(format!("{key}.ext4")));
         }
     }
 
@@ -179,11 +212,17 @@ impl Views {
             let mut live = self.live.lock().expect("views lock");
             let gone: Vec<String> = live
                 .iter()
-                .filter(|(k, (n, _))| *n == 0 && !wanted(k))
+                .filter(|(k, (n, _, _))| *n == 0 && !wanted(k))
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in &gone {
                 live.remove(k);
+            }
+            // In use: unmounted when the last use ends.
+            for (k, (_, _, forgotten)) in live.iter_mut() {
+                if !wanted(k) {
+                    *forgotten = true;
+                }
             }
             gone
         };

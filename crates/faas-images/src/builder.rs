@@ -47,6 +47,9 @@ const LAYOUT_DIRS: [(&str, u32); 14] = [
 
 /// Replaces the build host's `/etc/hostname`, which mmdebstrap copies in.
 const HOSTNAME: &str = "faas\n";
+/// `/etc/hosts`: localhost only. Instances with an egress allow-list get
+/// their pinned names in a file of their own mounted over it.
+const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost\n";
 /// Replaces the build host's `/etc/resolv.conf`, which mmdebstrap copies in.
 const RESOLV_CONF: &str = "# Provided by the sandbox at run time when networking is enabled.\n";
 
@@ -196,7 +199,8 @@ fn tail_of(bytes: &[u8]) -> String {
 }
 
 /// Writes the FaaS layout on top of an unpacked base: agent, bootstraps,
-/// mount points, and host-independent `/etc/hostname` and `/etc/resolv.conf`.
+/// mount points, and host-independent `/etc/hostname`, `/etc/hosts` and
+/// `/etc/resolv.conf`.
 pub(crate) fn install_layout(rootfs: &Path, agent: &[u8]) -> Result<(), ImageError> {
     set_mode(rootfs, 0o755)?;
     for (dir, mode) in LAYOUT_DIRS {
@@ -213,6 +217,7 @@ pub(crate) fn install_layout(rootfs: &Path, agent: &[u8]) -> Result<(), ImageErr
         )?;
     }
     write_file(&rootfs.join("etc/hostname"), HOSTNAME.as_bytes(), 0o644)?;
+    write_file(&rootfs.join("etc/hosts"), HOSTS.as_bytes(), 0o644)?;
     write_file(
         &rootfs.join("etc/resolv.conf"),
         RESOLV_CONF.as_bytes(),

@@ -11,7 +11,7 @@ pub(crate) const RECIPE_VERSION: u32 = 1;
 
 /// Bump to rebuild every final image without rebuilding the bases (the layout
 /// written on top of the base changed: directories, modes, extra files).
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 
 /// The Debian release every image is built from.
 pub(crate) const SUITE: &str = "bookworm";

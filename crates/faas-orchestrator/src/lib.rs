@@ -493,7 +493,8 @@ impl Orchestrator {
                 "a secret's value is at most 32 KiB, without NUL".into(),
             ));
         }
-        if self.store.secrets(Some(&f.id)).await?.len() >= 100 {
+        let existing = self.store.secrets(Some(&f.id)).await?;
+        if existing.len() >= 100 && !existing.iter().any(|(_, n, _)| n == name) {
             return Err(OrchestratorError::QuotaExceeded(
                 "a function has at most 100 secrets".into(),
             ));
@@ -613,6 +614,22 @@ impl Orchestrator {
                 })?
             }
         };
+        let egress = match &def.network {
+            Some(policy) => faas_common::network::parse_egress(policy)
+                .map_err(|e| OrchestratorError::Invalid(e.to_string()))?,
+            None => Vec::new(),
+        };
+        if !egress.is_empty() {
+            let runs_in = self.sandboxes.get(sandbox).ok_or_else(|| {
+                OrchestratorError::Internal(format!("sandbox {sandbox} vanished"))
+            })?;
+            if let Err(why) = runs_in.egress_support() {
+                return Err(OrchestratorError::Invalid(format!(
+                    "egress policies cannot be enforced in the {sandbox} sandbox on this node: {why}"
+                )));
+            }
+        }
+        let egress: Vec<String> = egress.iter().map(|r| r.to_string()).collect();
         let handler = def.handler.trim().to_string();
         let limits = self.config.code_limits;
         let (b64, files) = (def.code_base64.clone(), def.files.clone());
@@ -672,6 +689,7 @@ impl Orchestrator {
                     env,
                     sandbox,
                     attestation,
+                    egress,
                     created_at: now_rfc3339(),
                     code_sha256: code_sha,
                     deps_sha256: deps_sha,
@@ -824,7 +842,22 @@ impl Orchestrator {
     /// Remove one of the tenant's job bindings.
     pub async fn unbind_job(&self, caller: &Caller, job_id: u32) -> Result<(), OrchestratorError> {
         self.require(caller, Scope::Deploy)?;
-        self.store.unbind_job(&caller.tenant, job_id).await
+        // A key limited to some functions may unbind only their jobs.
+        let binding = self
+            .store
+            .job(&caller.tenant, job_id)
+            .await?
+            .filter(|b| caller.may_touch(&b.function))
+            .ok_or_else(|| OrchestratorError::NotFound(format!("job {job_id} is not bound")))?;
+        self.store.unbind_job(&caller.tenant, job_id).await?;
+        self.audit(tenancy::entry(
+            caller,
+            "job.unbind",
+            Some(&binding.function),
+            Some(format!("job {job_id}")),
+        ))
+        .await;
+        Ok(())
     }
 
     /// Every job binding of the tenant.
@@ -1182,6 +1215,8 @@ impl Orchestrator {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             }),
+            // Stored canonical at deploy: they parse again.
+            egress: f.egress.iter().filter_map(|r| r.parse().ok()).collect(),
         }
     }
 

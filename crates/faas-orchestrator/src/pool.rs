@@ -750,6 +750,7 @@ mod tests {
                 memory_mb: 64,
                 env: Default::default(),
             }),
+            egress: Vec::new(),
         }
     }
 

@@ -1,4 +1,6 @@
-//! Durable state in SQLite (WAL): functions, their versions, recent invocations.
+//! Durable state in SQLite (WAL): functions and their versions per tenant,
+//! recent invocations, job bindings, API keys (hashes only), quotas, sealed
+//! secrets and the append-only audit log.
 //!
 //! One connection behind a mutex, used from `spawn_blocking`: SQLite serialises
 //! writers anyway, and the statements here take microseconds.
@@ -61,6 +63,9 @@ pub struct FunctionVersion {
     /// Attested hardware it requires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<String>,
+    /// Destinations it may reach, canonical (`faas_common::network`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
     /// When this version was deployed (RFC 3339).
     pub created_at: String,
     /// SHA-256 key of the stored code tree (never shown by the API: it names
@@ -88,6 +93,7 @@ impl FunctionVersion {
             env: self.env.clone(),
             sandbox: self.sandbox,
             attestation: self.attestation.clone(),
+            egress: self.egress.clone(),
             created_at: self.created_at.clone(),
         }
     }
@@ -821,6 +827,7 @@ pub(crate) mod tests {
             env: BTreeMap::new(),
             sandbox: SandboxKind::Native,
             attestation: None,
+            egress: vec![],
             created_at: "now".into(),
             code_sha256: code.into(),
             deps_sha256: None,
@@ -980,8 +987,10 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let conn = Connection::open(dir.path().join("state.db")).unwrap();
-        assert!(conn.execute("UPDATE audit SET action = 'x'", []).is_err());
-        assert!(conn.execute("DELETE FROM audit", []).is_err());
+        for refused in ["UPDATE audit SET entry = '{}'", "DELETE FROM audit"] {
+            let err = conn.execute(refused, []).unwrap_err().to_string();
+            assert!(err.contains("append-only"), "{refused}: {err}");
+        }
         assert_eq!(store.audit_page(10, None).await.unwrap().len(), 1);
     }
 }

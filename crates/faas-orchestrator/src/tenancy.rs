@@ -190,7 +190,14 @@ impl Tenancy {
         store: &Store,
         path: &Path,
     ) -> Result<Option<String>, OrchestratorError> {
-        if !self.enabled || !store.keys().await?.is_empty() {
+        // At the first start, and again at a start after every admin key was
+        // revoked: the operator can always get back in through the data
+        // directory (whoever can read it owns the node anyway).
+        let live_admin =
+            store.keys().await?.iter().any(|(record, _, revoked)| {
+                revoked.is_none() && record.scopes.contains(&Scope::Admin)
+            });
+        if !self.enabled || live_admin {
             return Ok(None);
         }
         let info = self

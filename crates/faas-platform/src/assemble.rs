@@ -14,6 +14,7 @@ use faas_executor::native::build::BuildSandbox;
 use faas_executor::native::{NativeConfig, NativeSandbox, ParentLimits};
 use faas_executor::{ImageRef, Sandbox};
 use faas_images::{ImageKind, ImageStore, InUse, RuntimeImage};
+use faas_netpolicy::{Egress, EgressConfig};
 use faas_orchestrator::attest::{AttestationConfig, NodeAttestation};
 use faas_orchestrator::{Orchestrator, Sandboxes};
 
@@ -32,6 +33,8 @@ pub struct Platform {
     /// data directory): the binary shows it once. It is also in
     /// `<data>/admin.key`, mode 0600.
     pub new_admin_key: Option<String>,
+    /// The node's egress enforcement, if it has one (removed at shutdown).
+    egress: Option<Arc<Egress>>,
     /// Images and disks in use, held so that a prune spares them.
     _in_use: Vec<InUse>,
 }
@@ -65,19 +68,26 @@ pub async fn build(
     }
     let images: HashMap<Language, ImageRef> = runtimes.iter().map(image_ref).collect();
 
+    let egress = egress(&config, &layout).await;
     let mut built: Vec<Arc<dyn Sandbox>> = Vec::new();
     for (i, &kind) in config.sandboxes.iter().enumerate() {
         let sandbox: Arc<dyn Sandbox> = match kind {
             SandboxKind::Native => {
-                let native = NativeSandbox::new(native_config(&config, &layout), images.clone())
-                    .await
-                    .map_err(|source| PlatformError::Sandbox { kind, source })?;
+                let native = NativeSandbox::new(
+                    native_config(&config, &layout, egress.clone()),
+                    images.clone(),
+                )
+                .await
+                .map_err(|source| PlatformError::Sandbox { kind, source })?;
                 Arc::new(native)
             }
             SandboxKind::Docker => {
-                let docker = DockerSandbox::new(docker_config(&config, &layout), images.clone())
-                    .await
-                    .map_err(|source| PlatformError::Sandbox { kind, source })?;
+                let docker = DockerSandbox::new(
+                    docker_config(&config, &layout, egress.clone()),
+                    images.clone(),
+                )
+                .await
+                .map_err(|source| PlatformError::Sandbox { kind, source })?;
                 if let Err(source) = docker.ping().await {
                     // A default sandbox that cannot run anything is fatal; an
                     // optional one may get its daemon later.
@@ -142,11 +152,23 @@ pub async fn build(
         orchestrator: Arc::new(orchestrator),
         config,
         new_admin_key,
+        egress,
         _in_use: in_use,
     })
 }
 
 impl Platform {
+    /// Stop every instance, then remove what the node holds on the host for
+    /// its functions' networks.
+    pub async fn shutdown(&self) {
+        self.orchestrator.shutdown().await;
+        if let Some(egress) = &self.egress {
+            if let Err(e) = egress.close().await {
+                tracing::warn!("removing the egress rules: {e}");
+            }
+        }
+    }
+
     /// The HTTP API over this node.
     pub fn router(&self) -> faas_gateway::Router {
         faas_gateway::router(self.orchestrator.clone(), self.config.api.gateway)
@@ -230,7 +252,11 @@ fn image_ref(image: &RuntimeImage) -> (Language, ImageRef) {
     )
 }
 
-fn native_config(config: &PlatformConfig, layout: &DataLayout) -> NativeConfig {
+fn native_config(
+    config: &PlatformConfig,
+    layout: &DataLayout,
+    egress: Option<Arc<Egress>>,
+) -> NativeConfig {
     let n = &config.native;
     let defaults = NativeConfig::default();
     let pids_limit = n.pids_limit.unwrap_or(defaults.pids_limit);
@@ -254,11 +280,16 @@ fn native_config(config: &PlatformConfig, layout: &DataLayout) -> NativeConfig {
         pids_limit,
         cpu_quota_us: n.cpu_quota_us.unwrap_or(defaults.cpu_quota_us),
         tmp_mb: n.tmp_mb.unwrap_or(defaults.tmp_mb),
+        egress,
         ..defaults
     }
 }
 
-fn docker_config(config: &PlatformConfig, layout: &DataLayout) -> DockerConfig {
+fn docker_config(
+    config: &PlatformConfig,
+    layout: &DataLayout,
+    egress: Option<Arc<Egress>>,
+) -> DockerConfig {
     let d = &config.docker;
     let defaults = DockerConfig::default();
     DockerConfig {
@@ -271,7 +302,30 @@ fn docker_config(config: &PlatformConfig, layout: &DataLayout) -> DockerConfig {
         pids_limit: d.pids_limit.unwrap_or(defaults.pids_limit),
         cpus: d.cpus.unwrap_or(defaults.cpus),
         tmp_mb: d.tmp_mb.unwrap_or(defaults.tmp_mb),
+        egress,
         ..defaults
+    }
+}
+
+/// The node's egress enforcement, when a sandbox kind that can use it is on;
+/// without it (no nftables, not root) functions with an allow-list are
+/// refused, saying why.
+async fn egress(config: &PlatformConfig, layout: &DataLayout) -> Option<Arc<Egress>> {
+    if !config
+        .sandboxes
+        .iter()
+        .any(|k| matches!(k, SandboxKind::Native | SandboxKind::Docker))
+    {
+        return None;
+    }
+    let mut settings = EgressConfig::new(layout.owner_label());
+    settings.subnet = config.egress_subnet;
+    match Egress::open(settings).await {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            tracing::warn!("egress policies are off on this node: {e}");
+            None
+        }
     }
 }
 
@@ -352,7 +406,7 @@ async fn build_sandbox(
         instances_dir: layout.build_bundles(),
         cgroup_parent: format!("{}-build", config.native.cgroup_parent),
         parent_limits: None,
-        ..native_config(config, layout)
+        ..native_config(config, layout, None)
     };
     let sandbox =
         BuildSandbox::new(native, images)

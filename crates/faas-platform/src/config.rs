@@ -97,6 +97,10 @@ pub struct Flags {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "FAAS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// IPv4 subnet the links of instances with an egress allow-list take
+    /// their addresses from, a /30 each [default: 10.203.0.0/16].
+    #[arg(long, env = "FAAS_EGRESS_SUBNET")]
+    pub egress_subnet: Option<String>,
 }
 
 /// The config file (TOML); every key optional, unknown keys are errors.
@@ -149,6 +153,8 @@ pub struct FileConfig {
     /// HTTP API settings: auth, TLS, metrics.
     #[serde(default)]
     pub api: ApiFileConfig,
+    /// See `--egress-subnet`.
+    pub egress_subnet: Option<String>,
 }
 
 /// `[code]` table.
@@ -346,6 +352,8 @@ pub struct PlatformConfig {
     pub host_ids: HostIds,
     /// The node's attestation.
     pub attestation: AttestationSettings,
+    /// Addresses of the links of instances with an egress allow-list.
+    pub egress_subnet: faas_common::network::Ipv4Net,
 }
 
 impl PlatformConfig {
@@ -369,6 +377,14 @@ impl PlatformConfig {
         data_dir: Option<PathBuf>,
     ) -> Result<PlatformConfig, PlatformError> {
         let bad = |m: String| PlatformError::Config(m);
+        let egress_subnet = match flags.egress_subnet.as_ref().or(file.egress_subnet.as_ref()) {
+            None => faas_netpolicy::DEFAULT_SUBNET,
+            Some(text) => parse_subnet(text).ok_or_else(|| {
+                bad(format!(
+                    "egress subnet {text:?} is not an IPv4 network of /8 to /29 (a.b.c.d/len)"
+                ))
+            })?,
+        };
         let defaults = OrchestratorConfig::default();
         let data_dir = data_dir
             .or(file.data_dir.clone())
@@ -566,6 +582,7 @@ impl PlatformConfig {
                 collateral: a.collateral.clone(),
                 refresh: Duration::from_secs(a.refresh_sec.unwrap_or(600)),
             },
+            egress_subnet,
         })
     }
 
@@ -573,6 +590,14 @@ impl PlatformConfig {
     pub fn data_dir(&self) -> &Path {
         &self.orchestrator.data_dir
     }
+}
+
+/// `a.b.c.d/len` with no host bits set, `len` 8-29.
+fn parse_subnet(text: &str) -> Option<faas_common::network::Ipv4Net> {
+    let (addr, len) = text.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| (8..=29).contains(l))?;
+    faas_common::network::Ipv4Net::new(addr, len).filter(|n| n.addr == addr)
 }
 
 fn code_limits(code: &CodeFileConfig, defaults: &OrchestratorConfig) -> faas_archive::Limits {

@@ -264,6 +264,28 @@ pub fn require(executor: Executor, test: &str) -> bool {
     }
 }
 
+/// Whether `tools` are all on `PATH`, as [`require`] says so (a panic under CI).
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| on_path(t).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("not on PATH: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: prerequisite missing under CI: {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: {why} !!!!!!!!\n"
+    );
+    false
+}
+
 /// `PATH` for the server: ours, plus the directory of `vhost-device-vsock`.
 fn server_path() -> std::ffi::OsString {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")

@@ -259,11 +259,13 @@ async fn metrics_count_invocations(executor: Executor) {
         .await
         .unwrap();
     assert!(
-        text.contains(r#"faas_invocations_total{function="m1",outcome="success"} 3"#),
+        text.contains(
+            r#"faas_invocations_total{tenant="default",function="m1",outcome="success"} 3"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"faas_cold_starts_total{function="m1"} 1"#),
+        text.contains(r#"faas_cold_starts_total{tenant="default",function="m1"} 1"#),
         "{text}"
     );
     assert!(

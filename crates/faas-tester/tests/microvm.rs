@@ -152,6 +152,7 @@ fn spec(code: &Path, memory_mb: u32) -> InstanceSpec {
             memory_mb,
             env: BTreeMap::new(),
         }),
+        egress: Vec::new(),
     }
 }
 

@@ -25,7 +25,7 @@ pub enum AdminCommand {
     },
     /// Show the audit log, newest first.
     Audit(AuditArgs),
-    /// Re-encrypt every secret under a new node key.
+    /// Re-encrypt every secret under a new secrets key (`secrets.key`).
     RotateKey(Plain),
 }
 
@@ -144,7 +144,7 @@ pub async fn run(cmd: AdminCommand) -> Result<ExitCode> {
             if a.server.json {
                 println!("{v}");
             } else {
-                println!("new node key; {} secrets re-encrypted", v["resealed"]);
+                println!("new secrets key; {} secrets re-encrypted", v["resealed"]);
             }
             Ok(ExitCode::SUCCESS)
         }

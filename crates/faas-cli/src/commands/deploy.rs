@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Args;
 use faas_common::api::FunctionInfo;
+use faas_common::network::NetworkPolicy;
 use faas_common::{FunctionDefinition, Language};
 use reqwest::Method;
 
@@ -45,6 +46,10 @@ pub struct DeployArgs {
     /// Run only on attested hardware: tdx or sev-snp.
     #[arg(long)]
     attestation: Option<String>,
+    /// Let the function reach this destination (`host:port`, `a.b.c.d:port`,
+    /// `a.b.c.d/len:port`); repeatable. Without it a function has no network.
+    #[arg(long = "egress", value_name = "DEST")]
+    egress: Vec<String>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -94,6 +99,9 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         env,
         sandbox: args.sandbox.clone(),
         attestation: args.attestation.clone(),
+        network: (!args.egress.is_empty()).then(|| NetworkPolicy {
+            egress: args.egress.clone(),
+        }),
     };
     let client = Client::new(&args.server)?;
     let info: FunctionInfo = client

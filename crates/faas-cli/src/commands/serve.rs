@@ -62,7 +62,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         })
         .await;
     tracing::info!("shutting down: stopping instances");
-    orchestrator.shutdown().await;
+    platform.shutdown().await;
     drop(platform);
     served.context("server error")?;
     Ok(ExitCode::SUCCESS)

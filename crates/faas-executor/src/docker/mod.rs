@@ -64,6 +64,9 @@ pub struct DockerConfig {
     pub tmp_mb: u32,
     /// How long a container may take to start its agent.
     pub start_timeout: Duration,
+    /// The node's egress enforcement; without it, functions with an egress
+    /// allow-list are refused.
+    pub egress: Option<Arc<faas_netpolicy::Egress>>,
 }
 
 impl Default for DockerConfig {
@@ -79,6 +82,7 @@ impl Default for DockerConfig {
             cpus: 1.0,
             tmp_mb: 64,
             start_timeout: Duration::from_secs(30),
+            egress: None,
         }
     }
 }
@@ -178,6 +182,7 @@ impl DockerSandbox {
         socket_dir: &Path,
         code: Option<&Path>,
         deps: Option<&Path>,
+        hosts: Option<&Path>,
     ) -> HostConfig {
         let memory = i64::from(spec.memory_mb) * 1024 * 1024;
         let tmp_mb = self.config.tmp_mb.min(spec.memory_mb);
@@ -187,6 +192,10 @@ impl DockerSandbox {
         }
         if let Some(deps) = deps {
             binds.push(format!("{}:{GUEST_DEPS_DIR}:ro", deps.display()));
+        }
+        if let Some(hosts) = hosts {
+            // Ours replaces the one Docker would write.
+            binds.push(format!("{}:/etc/hosts:ro", hosts.display()));
         }
         HostConfig {
             memory: Some(memory),
@@ -234,6 +243,7 @@ impl Sandbox for DockerSandbox {
             freezer: None,
             ids: None,
             views: Vec::new(),
+            network: None,
         };
         let ids = backend.ids.insert(self.config.host_ids.allocate()?);
         let uid = ids.host_base() + FUNCTION_UID;
@@ -257,6 +267,21 @@ impl Sandbox for DockerSandbox {
                 .map(|v| v.path().to_path_buf())
         };
         let (code_view, deps_view) = (view_of("code-"), view_of("deps-"));
+        // Names resolve now and stay pinned for the container's life.
+        let egress = match spec.egress.as_slice() {
+            [] => None,
+            rules => {
+                let enforcer = self.config.egress.clone().ok_or_else(|| {
+                    ExecutorError::BadRequest("this node cannot enforce egress policies".into())
+                })?;
+                let resolved = faas_netpolicy::resolve(rules).await?;
+                let hosts = dir.join("hosts");
+                tokio::fs::write(&hosts, resolved.hosts_file())
+                    .await
+                    .map_err(ExecutorError::io("write the hosts file"))?;
+                Some((enforcer, resolved, hosts))
+            }
+        };
         let env: Vec<String> = crate::base_env()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -281,6 +306,7 @@ impl Sandbox for DockerSandbox {
                 &socket_dir,
                 code_view.as_deref(),
                 deps_view.as_deref(),
+                egress.as_ref().map(|(_, _, hosts)| hosts.as_path()),
             )),
             ..Default::default()
         };
@@ -346,13 +372,33 @@ impl Sandbox for DockerSandbox {
                 return Err(e);
             }
         };
-        backend.freezer = self
+        let pid = self
             .docker
             .inspect_container(&name, None)
             .await
             .ok()
             .and_then(|c| c.state?.pid)
-            .and_then(|pid| Freezer::for_pid(u32::try_from(pid).ok()?));
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|pid| *pid > 0);
+        backend.freezer = pid.and_then(Freezer::for_pid);
+        // The agent is up and has not loaded user code yet: open the
+        // allow-list to the container's network namespace now.
+        if let Some((enforcer, resolved, _)) = &egress {
+            let attached = match pid {
+                Some(pid) => enforcer
+                    .attach(pid, &resolved.allowed)
+                    .await
+                    .map_err(ExecutorError::from),
+                None => Err(ExecutorError::Start(format!("container {name} has no pid"))),
+            };
+            match attached {
+                Ok(a) => backend.network = Some(a),
+                Err(e) => {
+                    backend.destroy().await;
+                    return Err(e);
+                }
+            }
+        }
         let instance = AgentInstance::start(
             backend,
             stream,
@@ -362,6 +408,13 @@ impl Sandbox for DockerSandbox {
         )
         .await?;
         Ok(Box::new(instance))
+    }
+
+    fn egress_support(&self) -> Result<(), String> {
+        match &self.config.egress {
+            Some(_) => Ok(()),
+            None => Err("nftables enforcement is not set up (see the server's log)".into()),
+        }
     }
 
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
@@ -486,6 +539,8 @@ pub struct DockerBackend {
     ids: Option<IdSlot>,
     /// The code and dependency views it mounts, released once it is removed.
     views: Vec<View>,
+    /// Its network link and egress rules, when it has an allow-list.
+    network: Option<faas_netpolicy::Attachment>,
 }
 
 impl DockerBackend {
@@ -553,6 +608,9 @@ impl Backend for DockerBackend {
                 }
             }
         }
+        if let Some(network) = self.network.take() {
+            network.release().await;
+        }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         self.views.clear();
         self.ids = None;
@@ -613,6 +671,8 @@ impl Drop for DockerBackend {
             self.ids.take(),
             std::mem::take(&mut self.views),
         );
+        // Its own thread removes the link and the rules.
+        drop(self.network.take());
         // Drop cannot await; hand the removal to the runtime if there is one.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {

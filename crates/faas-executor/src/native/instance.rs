@@ -55,6 +55,8 @@ pub(super) struct InstanceGuard {
     pub(super) views: Vec<View>,
     /// Its agent socket directory (outside the bundle; see `NativeConfig`).
     pub(super) socket_dir: Option<PathBuf>,
+    /// Its network link and egress rules, when it has an allow-list.
+    pub(super) network: Option<faas_netpolicy::Attachment>,
     done: bool,
 }
 
@@ -78,6 +80,7 @@ impl InstanceGuard {
             ids: None,
             views: Vec::new(),
             socket_dir: None,
+            network: None,
             done: false,
         }
     }
@@ -105,6 +108,9 @@ impl InstanceGuard {
                 let _ = child.kill().await;
             }
         }
+        if let Some(network) = self.network.take() {
+            network.release().await;
+        }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         if let Some(sockets) = self.socket_dir.take() {
             let _ = tokio::fs::remove_dir_all(sockets).await;
@@ -130,6 +136,7 @@ impl Drop for InstanceGuard {
         let ids = self.ids.take();
         let views = std::mem::take(&mut self.views);
         let socket_dir = self.socket_dir.take();
+        let network = self.network.take();
         // Drop cannot await; a plain thread keeps this off the async runtime.
         let cleanup = std::thread::spawn(move || {
             // `runc run` first: dropped mid-start it may still be creating the
@@ -150,6 +157,8 @@ impl Drop for InstanceGuard {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+            // Its own thread removes the link and the rules.
+            drop(network);
             // What a half-created container left in its cgroups.
             super::cgroup::sweep_instance(&parent, &id);
             let _ = std::fs::remove_dir_all(&dir);
@@ -216,6 +225,21 @@ pub(super) async fn start(
         deps.as_ref().map(|v| v.path().to_path_buf()),
     );
     guard.views.extend(code.into_iter().chain(deps));
+    // Names resolve now and stay pinned for the instance's life.
+    let egress = match spec.egress.as_slice() {
+        [] => None,
+        rules => {
+            let enforcer = config.egress.clone().ok_or_else(|| {
+                ExecutorError::BadRequest("this node cannot enforce egress policies".into())
+            })?;
+            let resolved = faas_netpolicy::resolve(rules).await?;
+            let hosts = dir.join("hosts");
+            tokio::fs::write(&hosts, resolved.hosts_file())
+                .await
+                .map_err(ExecutorError::io("write the hosts file"))?;
+            Some((enforcer, resolved, hosts))
+        }
+    };
 
     let oci = spec::build(
         config,
@@ -226,6 +250,7 @@ pub(super) async fn start(
             socket_dir: &socket_dir,
             code_dir: code_dir.as_deref(),
             deps_dir: deps_dir.as_deref(),
+            hosts_file: egress.as_ref().map(|(_, _, hosts)| hosts.as_path()),
         },
         InstanceIds {
             host_base,
@@ -269,6 +294,12 @@ pub(super) async fn start(
             stderr_tail(&stderr)
         })
         .await?;
+    // The agent is up and has not loaded user code yet: open the allow-list
+    // to its network namespace now.
+    if let Some((enforcer, resolved, _)) = &egress {
+        let pid = container_pid(config, &id).await?;
+        guard.network = Some(enforcer.attach(pid, &resolved.allowed).await?);
+    }
     let cgroup = format!("/{}/{}", config.cgroup_parent, id);
     let backend = NativeBackend {
         guard,
@@ -336,6 +367,24 @@ impl Backend for NativeBackend {
     async fn destroy(&mut self) {
         self.guard.destroy().await;
     }
+}
+
+/// The host pid of container `id`'s first process (`runc state`).
+async fn container_pid(config: &NativeConfig, id: &str) -> Result<u32, ExecutorError> {
+    let out = Command::new(&config.runc)
+        .arg("--root")
+        .arg(&config.state_dir)
+        .args(["state", id])
+        .output()
+        .await
+        .map_err(ExecutorError::io("runc state"))?;
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| ExecutorError::Start(format!("runc state {id}: {e}")))?;
+    state["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ExecutorError::Start(format!("runc state {id}: no pid")))
 }
 
 /// Read the container's output until runc exits (so a chatty process never

@@ -67,6 +67,9 @@ pub struct NativeConfig {
     pub swap_accounting: bool,
     /// How long an instance may take to start its agent.
     pub start_timeout: Duration,
+    /// The node's egress enforcement; without it, functions with an egress
+    /// allow-list are refused.
+    pub egress: Option<Arc<faas_netpolicy::Egress>>,
 }
 
 impl Default for NativeConfig {
@@ -87,6 +90,7 @@ impl Default for NativeConfig {
             tmp_mb: 64,
             swap_accounting: CgroupLayout::detect().swap_accounting(),
             start_timeout: Duration::from_secs(20),
+            egress: None,
         }
     }
 }
@@ -174,6 +178,13 @@ impl Sandbox for NativeSandbox {
         )
         .await?;
         Ok(Box::new(instance))
+    }
+
+    fn egress_support(&self) -> Result<(), String> {
+        match &self.config.egress {
+            Some(_) => Ok(()),
+            None => Err("nftables enforcement is not set up (see the server's log)".into()),
+        }
     }
 
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {

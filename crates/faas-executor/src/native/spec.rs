@@ -53,6 +53,8 @@ pub struct InstanceMounts<'a> {
     pub code_dir: Option<&'a Path>,
     /// Dependencies, bound read-only at [`GUEST_DEPS_DIR`].
     pub deps_dir: Option<&'a Path>,
+    /// The instance's `/etc/hosts` (its pinned egress names), bound read-only.
+    pub hosts_file: Option<&'a Path>,
 }
 
 /// Who the instance is on the host.
@@ -104,6 +106,9 @@ pub fn build(
     }
     if let Some(deps) = mounts.deps_dir {
         mount_list.push(ro_bind(GUEST_DEPS_DIR, deps));
+    }
+    if let Some(hosts) = mounts.hosts_file {
+        mount_list.push(ro_bind("/etc/hosts", hosts));
     }
 
     let mut namespaces = vec![
@@ -189,6 +194,7 @@ mod tests {
                 socket_dir: Path::new("/run/x/sock"),
                 code_dir: Some(Path::new("/code/abc")),
                 deps_dir: None,
+                hosts_file: None,
             },
             IDS,
         )
@@ -280,6 +286,7 @@ mod tests {
                 socket_dir: Path::new("/s"),
                 code_dir: Some(Path::new("/c")),
                 deps_dir: Some(Path::new("/d")),
+                hosts_file: None,
             },
             IDS,
         )
@@ -319,6 +326,7 @@ mod tests {
                 socket_dir: Path::new("/s"),
                 code_dir: None,
                 deps_dir: None,
+                hosts_file: None,
             },
             InstanceIds {
                 user_namespace: false,
