@@ -22,19 +22,30 @@
 //! not the package version: a cached kernel is reused offline, and `force`
 //! fetches the current one. The disk hash covers the runtime image's hash and
 //! the disk recipe, so a new agent or bootstrap makes a new disk.
+//!
+//! By concern: `kernel.rs` (the packages, `vmlinux` out of the bzImage, the
+//! initramfs), `cpio.rs` (its archive format), `ext4.rs` (disks of trees);
+//! this module caches and names what they make.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
-use tokio::process::Command;
 
 use crate::builder::{self, Progress};
 use crate::error::{ImageError, IoContext};
 use crate::recipe::{sha256_hex, short};
 use crate::{ImageStore, RuntimeImage};
+
+mod cpio;
+mod ext4;
+mod kernel;
+
+pub use cpio::Cpio;
+pub use ext4::make_ext4;
+pub use kernel::extract_vmlinux;
+use kernel::{apt_download, assemble_kernel, find_deb, kernel_dependency, run};
 
 /// Debian metapackage the guest kernel comes from.
 pub const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -401,361 +412,9 @@ fn replace_into_place(from: &Path, to: &Path, store: &ImageStore) -> Result<(), 
     std::fs::rename(from, to).ctx(|| format!("moving {} to {}", from.display(), to.display()))
 }
 
-/// Writes `vmlinux` and `initramfs.cpio` into `out` from the unpacked
-/// packages in `tree`; returns the kernel release.
-fn assemble_kernel(tree: &Path, out: &Path) -> Result<String, MicrovmImageError> {
-    let boot = tree.join("boot");
-    let vmlinuz = std::fs::read_dir(&boot)
-        .ctx(|| format!("listing {}", boot.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .ok_or_else(|| MicrovmImageError::Kernel(format!("no vmlinuz in {}", boot.display())))?;
-    let release = vmlinuz
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .trim_start_matches("vmlinuz-")
-        .to_string();
-    let bz = std::fs::read(&vmlinuz).ctx(|| format!("reading {}", vmlinuz.display()))?;
-    let elf = extract_vmlinux(&bz)?;
-    std::fs::write(out.join("vmlinux"), elf).ctx(|| "writing vmlinux")?;
-
-    let modules_root = tree.join("lib/modules").join(&release);
-    let mut cpio = Cpio::default();
-    for dir in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
-        cpio.dir(dir);
-    }
-    // The kernel opens /dev/console for init before devtmpfs is mounted.
-    cpio.char_device("dev/console", 0o600, 5, 1);
-    let busybox = tree.join("bin/busybox");
-    cpio.file(
-        "bin/busybox",
-        0o755,
-        &std::fs::read(&busybox).ctx(|| format!("reading {}", busybox.display()))?,
-    );
-    cpio.file("init", 0o755, init_script().as_bytes());
-    for name in MODULES {
-        let path = find_module(&modules_root, name)?;
-        let bytes = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &bytes);
-    }
-    std::fs::write(out.join("initramfs.cpio"), cpio.finish()).ctx(|| "writing initramfs.cpio")?;
-    Ok(release)
-}
-
-fn find_module(root: &Path, name: &str) -> Result<PathBuf, MicrovmImageError> {
-    let mut stack = vec![root.to_path_buf()];
-    let file = format!("{name}.ko");
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
-            let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.file_name().is_some_and(|n| n == file.as_str()) {
-                return Ok(path);
-            }
-        }
-    }
-    Err(MicrovmImageError::Kernel(format!(
-        "module {name} not found under {} (compressed modules are not supported)",
-        root.display()
-    )))
-}
-
-/// The uncompressed kernel inside a bzImage whose payload is LZ4 (Debian's
-/// cloud kernel): the payload starts at `(setup_sects + 1) * 512 +
-/// payload_offset` (setup header field at 0x248, its length at 0x24c) and is
-/// an LZ4 *legacy* stream (magic `0x184C2102`, then `[u32 LE size][block]`
-/// chunks of at most 8 MiB each), followed by the kernel's own 4-byte length.
-pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, MicrovmImageError> {
-    let bad = |what: &str| MicrovmImageError::Kernel(format!("not an LZ4 bzImage: {what}"));
-    let u32_at = |off: usize| -> Result<u32, MicrovmImageError> {
-        bzimage
-            .get(off..off + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .ok_or_else(|| bad("truncated header"))
-    };
-    if bzimage.get(0x202..0x206) != Some(b"HdrS") {
-        return Err(bad("no HdrS setup header"));
-    }
-    let setup_sects = match bzimage[0x1f1] {
-        0 => 4,
-        n => usize::from(n),
-    };
-    let offset = (setup_sects + 1) * 512 + u32_at(0x248)? as usize;
-    let len = u32_at(0x24c)? as usize;
-    let payload = bzimage
-        .get(offset..offset + len)
-        .ok_or_else(|| bad("payload outside the file"))?;
-    const LEGACY_MAGIC: u32 = 0x184C_2102;
-    const LEGACY_BLOCK: usize = 8 << 20;
-    if payload
-        .get(..4)
-        .map(|m| u32::from_le_bytes(m.try_into().expect("4 bytes")))
-        != Some(LEGACY_MAGIC)
-    {
-        return Err(bad("payload is not LZ4 legacy"));
-    }
-    let mut out = Vec::with_capacity(payload.len() * 3);
-    let mut pos = 4;
-    let mut block = vec![0u8; LEGACY_BLOCK];
-    while pos + 4 <= payload.len() {
-        let size = u32::from_le_bytes(payload[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        if size == LEGACY_MAGIC as usize {
-            pos += 4;
-            continue;
-        }
-        // The trailing 4 bytes are the uncompressed length, not a chunk.
-        if pos + 4 + size > payload.len() {
-            break;
-        }
-        let n = lz4_flex::block::decompress_into(&payload[pos + 4..pos + 4 + size], &mut block)
-            .map_err(|e| MicrovmImageError::Kernel(format!("LZ4 chunk at {pos}: {e}")))?;
-        out.extend_from_slice(&block[..n]);
-        pos += 4 + size;
-    }
-    if out.get(..4) != Some(b"\x7fELF") {
-        return Err(bad("decompressed payload is not an ELF file"));
-    }
-    Ok(out)
-}
-
-/// A minimal cpio "newc" archive writer (all entries owned by root).
-#[derive(Default)]
-pub struct Cpio {
-    buf: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    /// Adds a directory (mode 0755).
-    pub fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040_000 | 0o755, (0, 0), &[]);
-    }
-
-    /// Adds a regular file.
-    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
-        self.entry(name, 0o100_000 | mode, (0, 0), data);
-    }
-
-    /// Adds a character device node.
-    pub fn char_device(&mut self, name: &str, mode: u32, major: u32, minor: u32) {
-        self.entry(name, 0o020_000 | mode, (major, minor), &[]);
-    }
-
-    /// The archive, with its trailer.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[]);
-        self.buf
-    }
-
-    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-        self.ino += 1;
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
-        self.buf.extend_from_slice(b"070701");
-        for f in fields {
-            self.buf.extend_from_slice(format!("{f:08X}").as_bytes());
-        }
-        self.buf.extend_from_slice(name.as_bytes());
-        self.buf.push(0);
-        self.pad();
-        self.buf.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-}
-
-/// Makes a read-only-use ext4 image of `src` at `out` labelled `label`
-/// (`mke2fs -d`: no loop device, no mount, no root needed beyond reading `src`).
-/// No journal: nothing ever writes to these disks.
-pub async fn make_ext4(src: &Path, out: &Path, label: &str) -> Result<(), MicrovmImageError> {
-    let src2 = src.to_path_buf();
-    let (bytes, files) = tokio::task::spawn_blocking(move || count_tree(&src2))
-        .await
-        .map_err(ImageError::from)??;
-    // ext4 metadata, directory blocks and 4 KiB rounding of small files.
-    let size_kib = (bytes / 1024) * 5 / 4 + files * 4 + 16 * 1024;
-    let inodes = files * 5 / 4 + 256;
-    let file = File::create(out).ctx(|| format!("creating {}", out.display()))?;
-    file.set_len(size_kib * 1024)
-        .ctx(|| format!("sizing {}", out.display()))?;
-    drop(file);
-    let output = Command::new("mke2fs")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-O",
-            "^has_journal",
-            "-m",
-            "0",
-            "-b",
-            "4096",
-        ])
-        .arg("-N")
-        .arg(inodes.to_string())
-        .arg("-L")
-        .arg(label)
-        .arg("-E")
-        .arg("root_owner=0:0")
-        .arg("-d")
-        .arg(src)
-        .arg(out)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => MicrovmImageError::ToolMissing {
-                tool: "mke2fs",
-                package: "e2fsprogs",
-            },
-            _ => ImageError::io("running mke2fs", e).into(),
-        })?;
-    if !output.status.success() {
-        return Err(MicrovmImageError::Tool {
-            what: format!("mke2fs -d {}", src.display()),
-            status: output.status,
-            output: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Apparent bytes and entry count under `root` (symlinks not followed).
-fn count_tree(root: &Path) -> Result<(u64, u64), ImageError> {
-    let bytes = builder::tree_size(root)?;
-    let mut files = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
-            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-            files += 1;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok((bytes, files))
-}
-
-async fn apt_download(dir: &Path, packages: &[&str]) -> Result<(), MicrovmImageError> {
-    let output = Command::new("apt-get")
-        .arg("download")
-        .args(packages)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => MicrovmImageError::ToolMissing {
-                tool: "apt-get",
-                package: "apt",
-            },
-            _ => ImageError::io("running apt-get download", e).into(),
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(MicrovmImageError::Tool {
-        what: format!(
-            "apt-get download {} (run apt-get update?)",
-            packages.join(" ")
-        ),
-        status: output.status,
-        output: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
-}
-
-fn find_deb(dir: &Path, package: &str) -> Result<PathBuf, MicrovmImageError> {
-    let prefix = format!("{package}_");
-    std::fs::read_dir(dir)
-        .ctx(|| format!("listing {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-        })
-        .ok_or_else(|| {
-            MicrovmImageError::Kernel(format!("apt-get download left no {package} package"))
-        })
-}
-
-/// The `linux-image-<release>` package a kernel metapackage depends on.
-async fn kernel_dependency(meta: &Path) -> Result<String, MicrovmImageError> {
-    let out = run("dpkg-deb", &[Path::new("-f"), meta, Path::new("Depends")]).await?;
-    out.split(',')
-        .map(|d| d.split_whitespace().next().unwrap_or_default())
-        .find(|d| d.starts_with("linux-image-"))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            MicrovmImageError::Kernel(format!("{KERNEL_PACKAGE} depends on no linux-image: {out}"))
-        })
-}
-
-async fn run(program: &'static str, args: &[&Path]) -> Result<String, MicrovmImageError> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| ImageError::io(format!("running {program}"), e))?;
-    if !output.status.success() {
-        return Err(MicrovmImageError::Tool {
-            what: program.to_string(),
-            status: output.status,
-            output: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpio_entries_are_newc_and_aligned() {
-        let mut c = Cpio::default();
-        c.dir("bin");
-        c.file("init", 0o755, b"#!/bin/sh\n");
-        c.char_device("dev/console", 0o600, 5, 1);
-        let out = c.finish();
-        assert_eq!(&out[..6], b"070701");
-        assert_eq!(out.len() % 4, 0);
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.contains("init\0"));
-        assert!(text.ends_with("TRAILER!!!\0\0\0\0") || text.contains("TRAILER!!!\0"));
-        // Mode of the file entry: 0100755 in hex.
-        assert!(text.contains(&format!("{:08X}", 0o100_755)));
-    }
 
     #[test]
     fn init_script_loads_every_module_in_order() {
@@ -763,35 +422,6 @@ mod tests {
         assert!(script.contains(&MODULES.join(" ")));
         assert!(script.contains("LABEL=faas-root"));
         assert!(!script.contains('@'));
-    }
-
-    #[test]
-    fn rejects_non_bzimage() {
-        assert!(matches!(
-            extract_vmlinux(&[0u8; 4096]),
-            Err(MicrovmImageError::Kernel(_))
-        ));
-    }
-
-    #[test]
-    fn extracts_a_synthetic_lz4_legacy_payload() {
-        let elf: Vec<u8> = b"\x7fELF"
-            .iter()
-            .copied()
-            .chain((0..100_000u32).map(|i| (i % 251) as u8))
-            .collect();
-        let block = lz4_flex::block::compress(&elf);
-        let mut payload = 0x184C_2102u32.to_le_bytes().to_vec();
-        payload.extend_from_slice(&(block.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&block);
-        payload.extend_from_slice(&(elf.len() as u32).to_le_bytes());
-        let mut bz = vec![0u8; 5 * 512];
-        bz[0x1f1] = 4;
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        bz[0x248..0x24c].copy_from_slice(&0u32.to_le_bytes());
-        bz[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        bz.extend_from_slice(&payload);
-        assert_eq!(extract_vmlinux(&bz).unwrap(), elf);
     }
 
     #[test]
