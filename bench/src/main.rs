@@ -27,9 +27,16 @@ struct Args {
     /// Sandbox kind: native, docker, microvm (QEMU), firecracker (needs FAAS_FC_BINARY_PATH).
     #[arg(long, default_value = "native")]
     executor: String,
+    /// Serve without API keys (to measure what authentication costs).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Deploy every function with this egress allow-list entry (to measure
+    /// what a network link costs a cold start); nothing is ever sent to it.
+    #[arg(long, value_name = "DEST")]
+    egress: Option<String>,
 }
 
-const FUNCTIONS: &[(&str, &str, &str, &str, &str)] = &[
+const FUNCTIONS: &[Function] = &[
     (
         "python",
         "python",
@@ -63,15 +70,21 @@ async fn main() -> Result<()> {
     // VMs: idle instances expire after 1 s, so that the restore measurement
     // below gets cold starts of one function without redeploying it.
     let idle = if executor.is_vm() { "1" } else { "300" };
-    let server = TestServer::start_with(
-        executor,
-        &["--max-instances", "64", "--idle-timeout-sec", idle],
-    )
-    .await;
+    let mut flags = vec!["--max-instances", "64", "--idle-timeout-sec", idle];
+    if args.insecure_no_auth {
+        flags.push("--insecure-no-auth");
+    }
+    let server = TestServer::start_with(executor, &flags).await;
+    let extra = match &args.egress {
+        Some(dest) => json!({"network": {"egress": [dest]}}),
+        None => json!({}),
+    };
     println!(
-        "# faas-bench: executor {}, {} cores",
+        "# faas-bench: executor {}, {} cores, auth {}, egress {}",
         args.executor,
-        num_cpus()
+        num_cpus(),
+        if args.insecure_no_auth { "off" } else { "on" },
+        args.egress.as_deref().unwrap_or("none"),
     );
     println!(
         "{:<7} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>9}",
@@ -86,12 +99,13 @@ async fn main() -> Result<()> {
         "req/s",
         "mem/inst"
     );
-    for &(label, lang, handler, file, code) in FUNCTIONS {
-        let cold = cold_starts(&server, label, lang, handler, file, code, args.cold).await?;
+    for &function in FUNCTIONS {
+        let (label, lang, handler, file, code) = function;
+        let cold = cold_starts(&server, function, &extra, args.cold).await?;
         let start = mean_start_ms(&server, &format!("cold-{label}-")).await;
         let name = format!("bench-{label}");
         server
-            .deploy(&name, lang, handler, &[(file, code)], json!({}))
+            .deploy(&name, lang, handler, &[(file, code)], extra.clone())
             .await;
         let (warm, server_side) = warm_latency(&server, &name, args.warm).await?;
         let rps = throughput(
@@ -232,19 +246,26 @@ async fn mean_start_ms(s: &TestServer, prefix: &str) -> f64 {
     }
 }
 
+/// One benchmark function: label, language, handler, file name, source.
+type Function = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
 async fn cold_starts(
     s: &TestServer,
-    label: &str,
-    lang: &str,
-    handler: &str,
-    file: &str,
-    code: &str,
+    function: Function,
+    extra: &serde_json::Value,
     n: usize,
 ) -> Result<Vec<f64>> {
+    let (label, lang, handler, file, code) = function;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("cold-{label}-{i}");
-        s.deploy(&name, lang, handler, &[(file, code)], json!({}))
+        s.deploy(&name, lang, handler, &[(file, code)], extra.clone())
             .await;
         let t = Instant::now();
         let r = s.invoke(&name, b"{}").await;
