@@ -75,6 +75,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `faas invoke f | head`: end quietly when the reader goes away, as Unix
+    // tools do, instead of panicking on a failed print.
+    // SAFETY: called first thing, before any thread exists; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
