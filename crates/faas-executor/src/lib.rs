@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod docker;
+mod egress;
 mod error;
 pub mod ids;
 mod instance;

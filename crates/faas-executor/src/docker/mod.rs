@@ -268,20 +268,8 @@ impl Sandbox for DockerSandbox {
         };
         let (code_view, deps_view) = (view_of("code-"), view_of("deps-"));
         // Names resolve now and stay pinned for the container's life.
-        let egress = match spec.egress.as_slice() {
-            [] => None,
-            rules => {
-                let enforcer = self.config.egress.clone().ok_or_else(|| {
-                    ExecutorError::BadRequest("this node cannot enforce egress policies".into())
-                })?;
-                let resolved = faas_netpolicy::resolve(rules).await?;
-                let hosts = dir.join("hosts");
-                tokio::fs::write(&hosts, resolved.hosts_file())
-                    .await
-                    .map_err(ExecutorError::io("write the hosts file"))?;
-                Some((enforcer, resolved, hosts))
-            }
-        };
+        let egress =
+            crate::egress::prepare(self.config.egress.as_ref(), &spec.egress, &dir).await?;
         let env: Vec<String> = crate::base_env()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -306,7 +294,7 @@ impl Sandbox for DockerSandbox {
                 &socket_dir,
                 code_view.as_deref(),
                 deps_view.as_deref(),
-                egress.as_ref().map(|(_, _, hosts)| hosts.as_path()),
+                egress.as_ref().map(|e| e.hosts.as_path()),
             )),
             ..Default::default()
         };
@@ -383,12 +371,9 @@ impl Sandbox for DockerSandbox {
         backend.freezer = pid.and_then(Freezer::for_pid);
         // The agent is up and has not loaded user code yet: open the
         // allow-list to the container's network namespace now.
-        if let Some((enforcer, resolved, _)) = &egress {
+        if let Some(egress) = &egress {
             let attached = match pid {
-                Some(pid) => enforcer
-                    .attach(pid, &resolved.allowed)
-                    .await
-                    .map_err(ExecutorError::from),
+                Some(pid) => egress.attach(pid).await,
                 None => Err(ExecutorError::Start(format!("container {name} has no pid"))),
             };
             match attached {

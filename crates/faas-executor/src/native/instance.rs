@@ -226,20 +226,7 @@ pub(super) async fn start(
     );
     guard.views.extend(code.into_iter().chain(deps));
     // Names resolve now and stay pinned for the instance's life.
-    let egress = match spec.egress.as_slice() {
-        [] => None,
-        rules => {
-            let enforcer = config.egress.clone().ok_or_else(|| {
-                ExecutorError::BadRequest("this node cannot enforce egress policies".into())
-            })?;
-            let resolved = faas_netpolicy::resolve(rules).await?;
-            let hosts = dir.join("hosts");
-            tokio::fs::write(&hosts, resolved.hosts_file())
-                .await
-                .map_err(ExecutorError::io("write the hosts file"))?;
-            Some((enforcer, resolved, hosts))
-        }
-    };
+    let egress = crate::egress::prepare(config.egress.as_ref(), &spec.egress, &dir).await?;
 
     let oci = spec::build(
         config,
@@ -250,7 +237,7 @@ pub(super) async fn start(
             socket_dir: &socket_dir,
             code_dir: code_dir.as_deref(),
             deps_dir: deps_dir.as_deref(),
-            hosts_file: egress.as_ref().map(|(_, _, hosts)| hosts.as_path()),
+            hosts_file: egress.as_ref().map(|e| e.hosts.as_path()),
         },
         InstanceIds {
             host_base,
@@ -296,9 +283,9 @@ pub(super) async fn start(
         .await?;
     // The agent is up and has not loaded user code yet: open the allow-list
     // to its network namespace now.
-    if let Some((enforcer, resolved, _)) = &egress {
+    if let Some(egress) = &egress {
         let pid = container_pid(config, &id).await?;
-        guard.network = Some(enforcer.attach(pid, &resolved.allowed).await?);
+        guard.network = Some(egress.attach(pid).await?);
     }
     let cgroup = format!("/{}/{}", config.cgroup_parent, id);
     let backend = NativeBackend {

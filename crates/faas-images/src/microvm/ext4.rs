@@ -1,9 +1,7 @@
 //! Disks: ext4 images of directory trees, made without a mount.
 
 use std::fs::File;
-use std::io;
 use std::path::Path;
-use std::process::Stdio;
 
 use tokio::process::Command;
 
@@ -26,46 +24,34 @@ pub async fn make_ext4(src: &Path, out: &Path, label: &str) -> Result<(), Microv
     file.set_len(size_kib * 1024)
         .ctx(|| format!("sizing {}", out.display()))?;
     drop(file);
-    let output = Command::new("mke2fs")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-O",
-            "^has_journal",
-            "-m",
-            "0",
-            "-b",
-            "4096",
-        ])
-        .arg("-N")
-        .arg(inodes.to_string())
-        .arg("-L")
-        .arg(label)
-        .arg("-E")
-        .arg("root_owner=0:0")
-        .arg("-d")
-        .arg(src)
-        .arg(out)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => MicrovmImageError::ToolMissing {
-                tool: "mke2fs",
-                package: "e2fsprogs",
-            },
-            _ => ImageError::io("running mke2fs", e).into(),
-        })?;
-    if !output.status.success() {
-        return Err(MicrovmImageError::Tool {
-            what: format!("mke2fs -d {}", src.display()),
-            status: output.status,
-            output: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
+    let mut cmd = Command::new("mke2fs");
+    cmd.args([
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-O",
+        "^has_journal",
+        "-m",
+        "0",
+        "-b",
+        "4096",
+    ])
+    .arg("-N")
+    .arg(inodes.to_string())
+    .arg("-L")
+    .arg(label)
+    .arg("-E")
+    .arg("root_owner=0:0")
+    .arg("-d")
+    .arg(src)
+    .arg(out);
+    super::kernel::run_tool(
+        &mut cmd,
+        ("mke2fs", "e2fsprogs"),
+        format!("mke2fs -d {}", src.display()),
+    )
+    .await?;
     Ok(())
 }
 

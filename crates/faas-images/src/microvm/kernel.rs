@@ -134,32 +134,14 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, MicrovmImageError> {
 }
 
 pub(super) async fn apt_download(dir: &Path, packages: &[&str]) -> Result<(), MicrovmImageError> {
-    let output = Command::new("apt-get")
-        .arg("download")
-        .args(packages)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => MicrovmImageError::ToolMissing {
-                tool: "apt-get",
-                package: "apt",
-            },
-            _ => ImageError::io("running apt-get download", e).into(),
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(MicrovmImageError::Tool {
-        what: format!(
-            "apt-get download {} (run apt-get update?)",
-            packages.join(" ")
-        ),
-        status: output.status,
-        output: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    let mut cmd = Command::new("apt-get");
+    cmd.arg("download").args(packages).current_dir(dir);
+    let what = format!(
+        "apt-get download {} (run apt-get update?)",
+        packages.join(" ")
+    );
+    run_tool(&mut cmd, ("apt-get", "apt"), what).await?;
+    Ok(())
 }
 
 pub(super) fn find_deb(dir: &Path, package: &str) -> Result<PathBuf, MicrovmImageError> {
@@ -189,25 +171,45 @@ pub(super) async fn kernel_dependency(meta: &Path) -> Result<String, MicrovmImag
         })
 }
 
+/// `program args...` (from dpkg), its stdout.
 pub(super) async fn run(
     program: &'static str,
     args: &[&Path],
 ) -> Result<String, MicrovmImageError> {
-    let output = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let output = run_tool(&mut cmd, (program, "dpkg"), program.to_string()).await?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Run `cmd`, the program `tool.0` of Debian package `tool.1`: a missing
+/// program and a failing one are errors that say which (`what` names the
+/// call); on success, its output.
+pub(super) async fn run_tool(
+    cmd: &mut Command,
+    tool: (&'static str, &'static str),
+    what: String,
+) -> Result<std::process::Output, MicrovmImageError> {
+    let output = cmd
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| ImageError::io(format!("running {program}"), e))?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => MicrovmImageError::ToolMissing {
+                tool: tool.0,
+                package: tool.1,
+            },
+            _ => ImageError::io(format!("running {}", tool.0), e).into(),
+        })?;
     if !output.status.success() {
         return Err(MicrovmImageError::Tool {
-            what: program.to_string(),
+            what,
             status: output.status,
             output: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(output)
 }
 
 #[cfg(test)]
