@@ -219,7 +219,7 @@ async fn start_stats(s: &TestServer, prefix: &str) -> (f64, f64) {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => return (0.0, 0.0),
     };
-    let selector = format!("{{function=\"{prefix}");
+    let selector = format!("function=\"{prefix}");
     let (mut sum, mut count) = (0.0, 0.0);
     for line in text.lines().filter(|l| l.contains(&selector)) {
         let Some((metric, value)) = line.rsplit_once(' ') else {
