@@ -59,6 +59,17 @@ async fn node() -> Node {
     Node { app, admin, data }
 }
 
+/// Only the status of [`call`].
+async fn status_of(
+    app: &axum::Router,
+    key: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+) -> StatusCode {
+    call(app, key, method, uri, body).await.status
+}
+
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
@@ -213,15 +224,11 @@ async fn keys_scopes_and_revocation() {
     assert_eq!(a.status, StatusCode::CREATED);
     let (_, narrow) = make_key(&node, "acme", &["invoke", "read"], Some(&["hello"])).await;
     assert_eq!(
-        call(app, Some(&narrow), "POST", "/functions/hello/invoke", b"x")
-            .await
-            .status,
+        status_of(app, Some(&narrow), "POST", "/functions/hello/invoke", b"x").await,
         StatusCode::OK
     );
     assert_eq!(
-        call(app, Some(&narrow), "POST", "/functions/other/invoke", b"x")
-            .await
-            .status,
+        status_of(app, Some(&narrow), "POST", "/functions/other/invoke", b"x").await,
         StatusCode::NOT_FOUND
     );
     let listed = call(app, Some(&narrow), "GET", "/functions", b"").await;
@@ -372,39 +379,31 @@ async fn tenants_share_names_and_never_see_each_other() {
     let a = call(app, Some(&bob), "POST", "/job/5", JOB5).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
     assert_eq!(
-        call(app, Some(&bob), "HEAD", "/job/5", b"").await.status,
+        status_of(app, Some(&bob), "HEAD", "/job/5", b"").await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        call(app, None, "HEAD", &format!("/k/{bob}/job/5"), b"")
-            .await
-            .status,
+        status_of(app, None, "HEAD", &format!("/k/{bob}/job/5"), b"").await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        call(app, None, "POST", &format!("/k/{bob}/job/5"), JOB5)
-            .await
-            .status,
+        status_of(app, None, "POST", &format!("/k/{bob}/job/5"), JOB5).await,
         StatusCode::NOT_FOUND
     );
     // ... and reach alice's through her own key, header or capability path.
     assert_eq!(
-        call(app, Some(&alice), "HEAD", "/job/5", b"").await.status,
+        status_of(app, Some(&alice), "HEAD", "/job/5", b"").await,
         StatusCode::OK
     );
     assert_eq!(
-        call(app, None, "HEAD", &format!("/k/{alice}/job/5"), b"")
-            .await
-            .status,
+        status_of(app, None, "HEAD", &format!("/k/{alice}/job/5"), b"").await,
         StatusCode::OK
     );
     let a = call(app, None, "POST", &format!("/k/{alice}/job/5"), JOB5).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["result"], json!([104, 105]), "{}", a.body);
     assert_eq!(
-        call(app, None, "POST", "/k/faas_bad_key/job/5", JOB5)
-            .await
-            .status,
+        status_of(app, None, "POST", "/k/faas_bad_key/job/5", JOB5).await,
         StatusCode::UNAUTHORIZED
     );
 
@@ -460,9 +459,7 @@ async fn secrets_are_write_only_and_sealed_at_rest() {
     let app = &node.app;
     let (_, key) = make_key(&node, "acme", &["deploy", "invoke", "read"], None).await;
     assert_eq!(
-        call(app, Some(&key), "POST", "/functions", &hello("acme"))
-            .await
-            .status,
+        status_of(app, Some(&key), "POST", "/functions", &hello("acme")).await,
         StatusCode::CREATED
     );
     let value = "s3cr3t-value-9f8e7d6c5b4a";
@@ -594,9 +591,7 @@ async fn quotas_refuse_one_tenant_and_spare_the_other() {
     let (_, calm) = make_key(&node, "calm", &["deploy", "invoke", "read"], None).await;
     for key in [&busy, &calm] {
         assert_eq!(
-            call(app, Some(key), "POST", "/functions", &hello("t"))
-                .await
-                .status,
+            status_of(app, Some(key), "POST", "/functions", &hello("t")).await,
             StatusCode::CREATED
         );
     }
@@ -675,15 +670,14 @@ async fn quotas_refuse_one_tenant_and_spare_the_other() {
     // Function count: 409; stored bytes: 413.
     let second = json!({"name": "second", "language": "shell", "handler": "run.sh", "files": {"run.sh": "cat"}});
     assert_eq!(
-        call(
+        status_of(
             app,
             Some(&busy),
             "POST",
             "/functions",
             second.to_string().as_bytes()
         )
-        .await
-        .status,
+        .await,
         StatusCode::CREATED
     );
     let third = json!({"name": "third", "language": "shell", "handler": "run.sh", "files": {"run.sh": "cat"}});
@@ -739,9 +733,7 @@ async fn quotas_refuse_one_tenant_and_spare_the_other() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     for _ in 0..10 {
         assert_eq!(
-            call(app, Some(&busy), "POST", "/functions/hello/invoke", b"x")
-                .await
-                .status,
+            status_of(app, Some(&busy), "POST", "/functions/hello/invoke", b"x").await,
             StatusCode::OK
         );
     }
@@ -753,46 +745,35 @@ async fn the_audit_log_records_who_did_what_and_is_admin_only() {
     let app = &node.app;
     let (key_id, key) = make_key(&node, "acme", &["deploy", "read"], None).await;
     assert_eq!(
-        call(app, Some(&key), "POST", "/functions", &hello("acme"))
-            .await
-            .status,
+        status_of(app, Some(&key), "POST", "/functions", &hello("acme")).await,
         StatusCode::CREATED
     );
     assert_eq!(
-        call(app, Some(&key), "PUT", "/functions/hello/secrets/K", b"v1")
-            .await
-            .status,
+        status_of(app, Some(&key), "PUT", "/functions/hello/secrets/K", b"v1").await,
         StatusCode::OK
     );
     assert_eq!(
-        call(app, Some(&key), "POST", "/functions/hello/invoke", b"x")
-            .await
-            .status,
+        status_of(app, Some(&key), "POST", "/functions/hello/invoke", b"x").await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        call(app, Some("faas_aaaa_bbbb"), "GET", "/functions", b"")
-            .await
-            .status,
+        status_of(app, Some("faas_aaaa_bbbb"), "GET", "/functions", b"").await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        call(app, Some(&key), "DELETE", "/functions/hello", b"")
-            .await
-            .status,
+        status_of(app, Some(&key), "DELETE", "/functions/hello", b"").await,
         StatusCode::OK
     );
     let q = json!({"max_functions": 3}).to_string();
     assert_eq!(
-        call(
+        status_of(
             app,
             Some(&node.admin),
             "PUT",
             "/admin/tenants/acme/quota",
             q.as_bytes()
         )
-        .await
-        .status,
+        .await,
         StatusCode::OK
     );
 
@@ -837,9 +818,7 @@ async fn the_audit_log_records_who_did_what_and_is_admin_only() {
     .await;
     assert!(older.body["entries"][0]["seq"].as_i64() < page.body["entries"][1]["seq"].as_i64());
     assert_eq!(
-        call(app, Some(&key), "GET", "/admin/audit", b"")
-            .await
-            .status,
+        status_of(app, Some(&key), "GET", "/admin/audit", b"").await,
         StatusCode::FORBIDDEN
     );
 }
