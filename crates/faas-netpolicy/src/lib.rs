@@ -212,8 +212,8 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// Check the tools, turn on IPv4 forwarding, and (re)create this node's
-    /// table, removing what a previous run of it left (links, slots, rules).
+    /// Check the tools and (re)create this node's table, removing what a
+    /// previous run of it left (links, slots, rules).
     pub async fn open(config: EgressConfig) -> Result<Egress, NetPolicyError> {
         if config.subnet.len > 29 {
             return Err(NetPolicyError::Config(format!(
@@ -246,7 +246,6 @@ impl Egress {
                 what: format!("create {}", config.slots_dir.display()),
                 source,
             })?;
-        enable_forwarding().await?;
         let egress = Egress {
             table: format!("faas_{}", config.owner),
             config,
@@ -270,6 +269,9 @@ impl Egress {
         pid: u32,
         allowed: &[Allowed],
     ) -> Result<Attachment, NetPolicyError> {
+        // Only once a function needs it: a node without allow-lists leaves
+        // the host's forwarding as it found it.
+        enable_forwarding().await?;
         let slot = self.take_slot().await?;
         let base = u32::from(self.config.subnet.addr) + slot.number * 4;
         let (host_ip, inner_ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
