@@ -210,35 +210,36 @@ fn result(
     )
 }
 
+/// A spec the fake agents start: a 64 MiB Python instance of handler `m.h`.
+pub fn instance_spec() -> InstanceSpec {
+    InstanceSpec {
+        language: faas_common::Language::Python,
+        code_dir: None,
+        deps_dir: None,
+        memory_mb: 64,
+        init: Some(faas_common::protocol::InitSpec {
+            language: faas_common::Language::Python,
+            handler: "m.h".into(),
+            code_dir: "/var/task".into(),
+            deps_dir: None,
+            function_name: "f".into(),
+            function_version: 1,
+            memory_mb: 64,
+            env: Default::default(),
+        }),
+        egress: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> InstanceSpec {
-        InstanceSpec {
-            language: faas_common::Language::Python,
-            code_dir: None,
-            deps_dir: None,
-            memory_mb: 64,
-            init: Some(faas_common::protocol::InitSpec {
-                language: faas_common::Language::Python,
-                handler: "m.h".into(),
-                code_dir: "/var/task".into(),
-                deps_dir: None,
-                function_name: "f".into(),
-                function_version: 1,
-                memory_mb: 64,
-                env: Default::default(),
-            }),
-            egress: Vec::new(),
-        }
-    }
 
     #[tokio::test]
     async fn failures_are_told_apart() {
         let sandbox = FakeSandbox::default();
         let t = Duration::from_millis(300);
-        let mut i = sandbox.start(spec()).await.unwrap();
+        let mut i = sandbox.start(instance_spec()).await.unwrap();
         assert_eq!(i.invoke("r", b"hi".to_vec(), t).await.unwrap().body, b"hi");
         assert_eq!(
             sandbox.counters.frozen.load(Ordering::SeqCst),
@@ -253,14 +254,14 @@ mod tests {
         ));
         i.destroy().await;
 
-        let mut i = sandbox.start(spec()).await.unwrap();
+        let mut i = sandbox.start(instance_spec()).await.unwrap();
         assert!(matches!(
             i.invoke("r", b"hang".to_vec(), t).await,
             Err(ExecutorError::Timeout { .. })
         ));
         i.destroy().await;
 
-        let mut i = sandbox.start(spec()).await.unwrap();
+        let mut i = sandbox.start(instance_spec()).await.unwrap();
         match i.invoke("r", b"crash".to_vec(), t).await {
             Err(ExecutorError::Crashed { reason, .. }) => {
                 assert!(reason.contains("lost the agent"), "{reason}")
@@ -275,7 +276,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_kill_that_is_not_the_oom_killer_is_a_crash() {
         let sandbox = FakeSandbox::default();
-        let mut i = sandbox.start(spec()).await.unwrap();
+        let mut i = sandbox.start(instance_spec()).await.unwrap();
         match i
             .invoke("r", b"kill".to_vec(), Duration::from_secs(1))
             .await

@@ -704,9 +704,7 @@ impl Pool {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use faas_common::protocol::InitSpec;
-    use faas_common::Language;
-    use faas_executor::testing::FakeSandbox;
+    use faas_executor::testing::{instance_spec as spec, FakeSandbox};
 
     use super::*;
 
@@ -731,26 +729,6 @@ mod tests {
         PoolKey {
             function_id: f.into(),
             version,
-        }
-    }
-
-    fn spec() -> InstanceSpec {
-        InstanceSpec {
-            language: Language::Python,
-            code_dir: None,
-            deps_dir: None,
-            memory_mb: 64,
-            init: Some(InitSpec {
-                language: Language::Python,
-                handler: "m.h".into(),
-                code_dir: "/var/task".into(),
-                deps_dir: None,
-                function_name: "f".into(),
-                function_version: 1,
-                memory_mb: 64,
-                env: Default::default(),
-            }),
-            egress: Vec::new(),
         }
     }
 
