@@ -112,6 +112,19 @@ impl CodeTree {
         b.finish()
     }
 
+    /// Set the execute bits of the regular file at `path` (never through a
+    /// link); whether there is one. The entry point of a native function runs
+    /// whatever mode its archive gave it, and zip tools often drop the mode.
+    pub fn make_executable(&mut self, path: &str) -> bool {
+        match self.entries.get_mut(path) {
+            Some(Entry::File { executable, .. }) => {
+                *executable = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the tree has no files and no links.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -1,7 +1,8 @@
 //! The platform as a FaaS backend of another Blueprint: a `BlueprintRunner`
 //! with `.with_faas_executor(job_id, ...)` against a real `faas serve`, first
 //! with the SDK's own `HttpFaasExecutor`, then with our `PlatformExecutor`,
-//! which also deploys the job's native binary itself.
+//! which also deploys the job's native binary itself, and the SDK's executor
+//! again through the Custom FaaS Platform Spec's endpoint.
 
 use std::time::Duration;
 
@@ -195,6 +196,59 @@ async fn sdk_http_executor_gets_the_bound_function_result() {
     assert_eq!(decoded(&result), 42);
     assert_eq!(call_id_of(&result), Some(call_id));
     runner.stop().await;
+    server.stop_and_check_clean().await;
+}
+
+/// A spec bootstrap (`{"job_id","args"}` in, `{"result"}` out) squaring the
+/// last byte of the ABI-encoded argument: right for arguments below 16.
+const SPEC_BOOTSTRAP: &str = r#"#!/bin/sh
+in=$(cat)
+args=${in#*'"args":['}
+args=${args%%]*}
+last=${args##*,}
+printf '{"result":[%s,%s],"success":true}' "${args%,*}" $((last * last))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_http_executor_uses_the_custom_faas_spec_endpoint() {
+    if !require(
+        Executor::Native,
+        "sdk_http_executor_uses_the_custom_faas_spec_endpoint",
+    ) {
+        return;
+    }
+    let server = TestServer::start(Executor::Native).await;
+    let deployed = server
+        .http()
+        .put(format!("{}/api/functions/square-spec", server.url))
+        .header("content-type", "application/zip")
+        .body(faas_tester::zip(&[(
+            "bootstrap",
+            SPEC_BOOTSTRAP.as_bytes(),
+        )]))
+        .send()
+        .await
+        .expect("PUT /api/functions");
+    assert_eq!(deployed.status(), 200);
+
+    // The spec's integration: the job's endpoint is the function's invoke
+    // URL (the key in the path: the SDK's executor sends no header).
+    let key = server.admin_key.clone().expect("auth is on");
+    let base = format!("{}/k/{key}", server.url);
+    let sdk = HttpFaasExecutor::new(&base).with_job_endpoint(
+        SQUARE_JOB,
+        format!("{base}/api/functions/square-spec/invoke"),
+    );
+    assert!(sdk.health_check(SQUARE_JOB).await.expect("HEAD invoke"));
+    let mut runner = Runner::start(sdk);
+    let (_, result) = runner.call(SQUARE_JOB, 12).await;
+    assert_eq!(decoded(&result), 144);
+    let (_, result) = runner.call(SQUARE_JOB, 3).await;
+    assert_eq!(decoded(&result), 9);
+    runner.stop().await;
+    let (status, v) = server.get("/api/functions/square-spec/health").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total_invocations"], 2);
     server.stop_and_check_clean().await;
 }
 

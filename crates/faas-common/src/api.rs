@@ -36,6 +36,12 @@ pub struct FunctionInfo {
     /// Destinations it may reach (none: no network).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
+    /// Most invocations running at once, if limited below the node's bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Bytes of code (and installed dependencies) this version stores.
+    #[serde(default)]
+    pub stored_bytes: u64,
     /// When this version was deployed (RFC 3339).
     pub created_at: String,
 }
@@ -64,6 +70,16 @@ pub struct FunctionStatus {
     pub invocations: u64,
     /// Of which failed (handler error, timeout, crash).
     pub failures: u64,
+    /// When the newest recorded invocation started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_invocation: Option<String>,
+    /// How the newest recorded invocation ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<Outcome>,
+    /// How long the newest instance of this function took to start, in
+    /// milliseconds (since this server started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cold_start_ms: Option<f64>,
 }
 
 /// One past invocation (`GET /functions/{fn}/logs`).

@@ -23,3 +23,7 @@ mod types;
 pub mod validate;
 
 pub use types::*;
+
+/// The base64 implementation of the wire formats (`code_base64`, payloads,
+/// the Blueprint config header), for crates that speak them.
+pub use base64;

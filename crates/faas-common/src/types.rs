@@ -177,6 +177,10 @@ pub struct FunctionDefinition {
     /// Network access: none unless an egress allow-list opens destinations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::NetworkPolicy>,
+    /// Most invocations of the function running at once (each in its own
+    /// instance); the node's per-function limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 /// The outcome of one invocation (the compatible result type of `/execute`

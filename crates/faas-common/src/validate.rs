@@ -12,6 +12,8 @@ use crate::{FunctionDefinition, Language};
 pub const MEMORY_RANGE_MB: std::ops::RangeInclusive<u32> = 32..=8192;
 /// Timeout a function may ask for, seconds.
 pub const TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=900;
+/// Allowed `max_concurrency`.
+pub const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 /// Most environment variables.
 pub const MAX_ENV_VARS: usize = 100;
 /// Most bytes of all environment names and values together.
@@ -51,6 +53,15 @@ pub fn definition(def: &FunctionDefinition) -> Result<Language, DefinitionError>
                 "timeout_sec must be between {} and {}",
                 TIMEOUT_RANGE_SEC.start(),
                 TIMEOUT_RANGE_SEC.end()
+            )));
+        }
+    }
+    if let Some(c) = def.max_concurrency {
+        if !CONCURRENCY_RANGE.contains(&c) {
+            return Err(bad(format!(
+                "max_concurrency must be between {} and {}",
+                CONCURRENCY_RANGE.start(),
+                CONCURRENCY_RANGE.end()
             )));
         }
     }

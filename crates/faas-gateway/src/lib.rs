@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod custom_faas;
 pub mod serve;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub mod headers {
 pub struct GatewayConfig {
     /// `/metrics` without a key (for a scraper on a trusted network).
     pub metrics_public: bool,
+    /// Served over HTTPS: URLs the API hands out say `https`.
+    pub tls: bool,
 }
 
 /// The API's routes over `orchestrator`, every one but `/healthz` (and
@@ -117,6 +120,7 @@ pub fn router(orchestrator: Arc<Orchestrator>, config: GatewayConfig) -> Router 
         .route("/attestation", get(attestation))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(custom_faas::routes(job_limit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -177,7 +181,9 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             OrchestratorError::Forbidden(_) => StatusCode::FORBIDDEN,
             OrchestratorError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            OrchestratorError::QuotaExceeded(_) => StatusCode::CONFLICT,
+            OrchestratorError::QuotaExceeded(_) | OrchestratorError::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
             OrchestratorError::StorageQuota(_) => StatusCode::PAYLOAD_TOO_LARGE,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -72,6 +72,9 @@ pub enum OrchestratorError {
         /// Seconds until a retry can succeed.
         retry_after: u64,
     },
+    /// It exists already, and the request may only create it.
+    #[error("{0}")]
+    Conflict(String),
     /// The tenant is over a count quota (functions, secrets).
     #[error("{0}")]
     QuotaExceeded(String),

@@ -16,7 +16,7 @@ pub mod pool;
 pub mod store;
 pub mod tenancy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -116,6 +116,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Most bytes of records one `logs` page carries.
 pub const MAX_LOGS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long [`Orchestrator::warm`] waits for capacity for each instance.
+const WARM_WAIT: Duration = Duration::from_secs(1);
+
 pub use faas_common::validate::{MEMORY_RANGE_MB, TIMEOUT_RANGE_SEC};
 
 /// A successful invocation.
@@ -205,6 +208,8 @@ pub struct Orchestrator {
     stopping: tokio_util::sync::CancellationToken,
     tenancy: tenancy::Tenancy,
     attestation: Option<Arc<attest::NodeAttestation>>,
+    /// Per function id: how long its newest instance took to start.
+    cold_starts: std::sync::Mutex<HashMap<String, Duration>>,
 }
 
 impl Orchestrator {
@@ -269,6 +274,7 @@ impl Orchestrator {
             storage: RwLock::new(()),
             stopping: tokio_util::sync::CancellationToken::new(),
             attestation: None,
+            cold_starts: Default::default(),
         };
         orchestrator.collect_garbage().await;
         Ok(orchestrator)
@@ -562,6 +568,34 @@ impl Orchestrator {
         caller: &Caller,
         def: FunctionDefinition,
     ) -> Result<FunctionInfo, OrchestratorError> {
+        self.store_function(caller, def, false).await
+    }
+
+    /// As [`Orchestrator::deploy`], but only a new function:
+    /// [`OrchestratorError::Conflict`] when the name exists in the tenant.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        def: FunctionDefinition,
+    ) -> Result<FunctionInfo, OrchestratorError> {
+        if self.store.latest(&caller.tenant, &def.name).await.is_ok() {
+            // Checked again atomically when stored; this spares the upload's
+            // decoding and install in the common case.
+            self.require(caller, Scope::Deploy)?;
+            return Err(OrchestratorError::Conflict(format!(
+                "function {:?} already exists",
+                def.name
+            )));
+        }
+        self.store_function(caller, def, true).await
+    }
+
+    async fn store_function(
+        &self,
+        caller: &Caller,
+        def: FunctionDefinition,
+        create_only: bool,
+    ) -> Result<FunctionInfo, OrchestratorError> {
         self.require(caller, Scope::Deploy)?;
         let language = faas_common::validate::definition(&def)
             .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
@@ -643,8 +677,12 @@ impl Orchestrator {
             .map_err(|_| OrchestratorError::Overloaded("server is shutting down".into()))?;
         // Decoding a large archive is CPU work: keep it off the async threads.
         let tree = tokio::task::spawn_blocking(move || {
-            let tree = code::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
+            let mut tree =
+                code::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
             code::check_handler(&tree, language, &h)?;
+            if language == Language::Native {
+                tree.make_executable(h.trim_start_matches("./"));
+            }
             Ok::<_, OrchestratorError>(tree)
         })
         .await
@@ -673,10 +711,14 @@ impl Orchestrator {
         let dependencies = def.dependencies.clone();
         let env = def.env.clone();
         let name = def.name.clone();
+        let max_concurrency = def.max_concurrency;
         let record = self
             .store
-            .add_version(tenant.clone(), def.name.clone(), move |id, version| {
-                FunctionVersion {
+            .add_version(
+                tenant.clone(),
+                def.name.clone(),
+                create_only,
+                move |id, version| FunctionVersion {
                     id: id.to_string(),
                     tenant,
                     name,
@@ -694,8 +736,9 @@ impl Orchestrator {
                     code_sha256: code_sha,
                     deps_sha256: deps_sha,
                     stored_bytes,
-                }
-            })
+                    max_concurrency,
+                },
+            )
             .await?;
         drop(_storing);
         // Older versions' warm instances would serve stale code.
@@ -812,6 +855,10 @@ impl Orchestrator {
         let (id, name) = self.store.delete(&caller.tenant, &f.id).await?;
         self.pool.retire(&id, u32::MAX);
         self.tenancy.forget_secrets(&id);
+        self.cold_starts
+            .lock()
+            .expect("cold starts lock")
+            .remove(&id);
         tracing::info!(tenant = %caller.tenant, function = %name, "deleted");
         self.audit(tenancy::entry(caller, "delete", Some(&name), None))
             .await;
@@ -914,6 +961,13 @@ impl Orchestrator {
         let f = self.function(caller, Scope::Read, id_or_name).await?;
         let (warm, busy) = self.pool.counts(&f.id);
         let (invocations, failures) = self.store.counts(&f.id).await?;
+        let last = self.store.invocations(&f.id, 1, None).await?.pop();
+        let last_cold_start_ms = self
+            .cold_starts
+            .lock()
+            .expect("cold starts lock")
+            .get(&f.id)
+            .map(|d| d.as_secs_f64() * 1000.0);
         Ok(FunctionStatus {
             id: f.id,
             name: f.name,
@@ -922,7 +976,77 @@ impl Orchestrator {
             busy_instances: busy,
             invocations,
             failures,
+            last_invocation: last.as_ref().map(|(_, r)| r.started_at.clone()),
+            last_outcome: last.map(|(_, r)| r.outcome),
+            last_cold_start_ms,
         })
+    }
+
+    /// Start instances of a function until `instances` of it are warm (at
+    /// most what its limits allow); returns how many are. Each waits briefly
+    /// for capacity: warming never queues behind invocations for long.
+    pub async fn warm(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id_or_name: &str,
+        instances: usize,
+    ) -> Result<usize, OrchestratorError> {
+        let f = self.function(caller, Scope::Invoke, id_or_name).await?;
+        if let Some(required) = &f.attestation {
+            self.admit(&f.name, required)?;
+        }
+        let cap = f
+            .max_concurrency
+            .map_or(usize::MAX, |m| m as usize)
+            .min(self.config.max_instances_per_function);
+        let instances = instances.clamp(1, cap.max(1));
+        let secrets = self.tenancy.secrets_of(&self.store, &f.id).await?;
+        let f = Arc::new(f);
+        let secrets = Arc::new(secrets);
+        let this = self.clone();
+        let name = f.name.clone();
+        // One task owns the whole warm-up, so a caller that goes away leaves
+        // no lease behind. Every lease is held until all are in: released
+        // one by one, the next start would just reuse the previous instance.
+        let (warmed, failure) = tokio::spawn(async move {
+            let starting: Vec<_> = (0..instances)
+                .map(|_| {
+                    let (this, f, secrets) = (this.clone(), f.clone(), secrets.clone());
+                    tokio::spawn(async move {
+                        let request_id = format!("warm-{}", uuid::Uuid::new_v4());
+                        this.acquire(&f, &secrets, &request_id, WARM_WAIT).await
+                    })
+                })
+                .collect();
+            let mut leases = Vec::new();
+            let mut failure = None;
+            for task in starting {
+                match task.await {
+                    Ok(Ok(lease)) => leases.push(lease),
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        failure
+                            .get_or_insert(OrchestratorError::Internal(format!("warm task: {e}")));
+                    }
+                }
+            }
+            let warmed = leases.len();
+            for lease in leases {
+                this.pool.release(lease, true);
+            }
+            (warmed, failure)
+        })
+        .await
+        .map_err(|e| OrchestratorError::Internal(format!("warm task: {e}")))?;
+        match failure {
+            Some(e) if warmed == 0 => Err(e),
+            _ => {
+                tracing::info!(tenant = %caller.tenant, function = %name, warmed, "warmed");
+                Ok(warmed)
+            }
+        }
     }
 
     /// One page of recent invocations, newest first: at most `limit` (up to
@@ -1005,7 +1129,8 @@ impl Orchestrator {
             Some(required) => Some(self.admit(&f.name, required)?),
         };
         let secrets = self.tenancy.secrets_of(&self.store, &f.id).await?;
-        let (result, cold) = match self.acquire(&f, &secrets, &request_id).await {
+        let wait = Duration::from_secs(f.timeout_sec.into());
+        let (result, cold) = match self.acquire(&f, &secrets, &request_id, wait).await {
             Err(e) => (Err(e), false),
             Ok(lease) => {
                 let cold = lease.cold;
@@ -1040,12 +1165,14 @@ impl Orchestrator {
         })
     }
 
-    /// A warm instance of `f`, or a new one (counted as a cold start).
+    /// A warm instance of `f`, or a new one (counted as a cold start),
+    /// waiting at most `wait` for capacity.
     async fn acquire(
         &self,
         f: &FunctionVersion,
         secrets: &BTreeMap<String, String>,
         request_id: &str,
+        wait: Duration,
     ) -> Result<pool::Lease, OrchestratorError> {
         let Some(sandbox) = self.sandboxes.get(f.sandbox) else {
             return Err(OrchestratorError::Overloaded(format!(
@@ -1057,13 +1184,13 @@ impl Orchestrator {
             function_id: f.id.clone(),
             version: f.version,
         };
-        let timeout = Duration::from_secs(f.timeout_sec.into());
         let quota = self.tenancy.quota(&f.tenant);
         let share = pool::TenantShare {
             tenant: f.tenant.to_string(),
             max_instances: quota.max_instances,
             max_memory_mb: quota.max_memory_mb,
         };
+        self.pool.limit_function(&f.id, f.max_concurrency);
         let lease = self
             .pool
             .acquire(
@@ -1072,11 +1199,15 @@ impl Orchestrator {
                 sandbox.as_ref(),
                 || self.instance_spec(f, secrets),
                 f.memory_mb,
-                timeout,
+                wait,
             )
             .await
             .map_err(|e| self.acquire_failure(request_id, e))?;
         if lease.cold {
+            self.cold_starts
+                .lock()
+                .expect("cold starts lock")
+                .insert(f.id.clone(), lease.start_time);
             let labels = FunctionLabels {
                 tenant: f.tenant.to_string(),
                 function: f.name.clone(),

@@ -97,6 +97,8 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// for one of its instances.
 struct FunctionShare {
     slots: Arc<Semaphore>,
+    /// Permits `slots` was made with.
+    cap: usize,
     released: Arc<Notify>,
 }
 
@@ -217,7 +219,7 @@ impl Pool {
     ) -> Result<Lease, AcquireError> {
         let deadline = tokio::time::Instant::now() + wait;
         let function = loop {
-            let (slots, released) = {
+            let (slots, cap, released) = {
                 let mut st = self.state.lock().expect("pool lock");
                 if let Some(idle) = self.take_idle(&mut st, key)? {
                     return Ok(Lease {
@@ -234,9 +236,10 @@ impl Pool {
                     .entry(key.function_id.clone())
                     .or_insert_with(|| FunctionShare {
                         slots: Arc::new(Semaphore::new(self.limits.per_function)),
+                        cap: self.limits.per_function,
                         released: Arc::new(Notify::new()),
                     });
-                (share.slots.clone(), share.released.clone())
+                (share.slots.clone(), share.cap, share.released.clone())
             };
             // Registered before trying, so a release in between is not missed.
             let notified = released.notified();
@@ -249,8 +252,7 @@ impl Pool {
             // come back (warm, or gone).
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(AcquireError::Saturated(format!(
-                    "all {} instances this function may have are busy",
-                    self.limits.per_function
+                    "all {cap} instances this function may have are busy"
                 )));
             }
         };
@@ -349,6 +351,45 @@ impl Pool {
             self.destroy(idle.instance, idle.permits);
         }
         self.wake(&function);
+    }
+
+    /// Bound the instances of `function_id` to `max` (its `max_concurrency`;
+    /// `None`: the node's per-function limit, which also caps `max`).
+    ///
+    /// A higher bound applies at once; a lower one as soon as enough of the
+    /// function's instances are gone (a redeploy, the only way it changes,
+    /// retires the old version's).
+    pub fn limit_function(&self, function_id: &str, max: Option<u32>) {
+        let per_function = self.limits.per_function;
+        let cap = max.map_or(per_function, |m| (m as usize).clamp(1, per_function));
+        let mut st = self.state.lock().expect("pool lock");
+        let share = st
+            .functions
+            .entry(function_id.to_string())
+            .or_insert_with(|| FunctionShare {
+                slots: Arc::new(Semaphore::new(cap)),
+                cap,
+                released: Arc::new(Notify::new()),
+            });
+        if share.cap < cap {
+            share.slots.add_permits(cap - share.cap);
+            // Waiters may now fit under the new bound.
+            share.released.notify_waiters();
+        } else if share.cap > cap {
+            let deficit = share.cap - cap;
+            let gone = share.slots.forget_permits(deficit);
+            if gone < deficit {
+                // The rest are held by live instances: take them as they come back.
+                let slots = share.slots.clone();
+                let rest = u32::try_from(deficit - gone).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(permits) = slots.acquire_many_owned(rest).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+        share.cap = cap;
     }
 
     fn wake(&self, function_id: &str) {
@@ -775,6 +816,49 @@ mod tests {
             1,
             "an unhealthy instance goes"
         );
+    }
+
+    #[tokio::test]
+    async fn a_function_limit_bounds_its_instances_and_can_change() {
+        let sandbox = FakeSandbox::default();
+        let pool = pool(8, 4);
+        let (a, share) = (key("a", 1), anyone());
+        pool.limit_function("a", Some(1));
+        let first = pool
+            .acquire(&a, &share, &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let waiting = pool.acquire(&a, &share, &sandbox, spec, 64, Duration::from_millis(200));
+        match waiting.await {
+            Err(AcquireError::Saturated(why)) => assert!(why.contains("all 1 instances"), "{why}"),
+            other => panic!("a second instance past max 1: {:?}", other.map(|l| l.cold)),
+        }
+        // A limit above the node's per-function one is the node's.
+        pool.limit_function("a", Some(100));
+        let mut leases = vec![first];
+        for _ in 0..3 {
+            leases.push(
+                pool.acquire(&a, &share, &sandbox, spec, 64, WAIT)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let fifth = pool.acquire(&a, &share, &sandbox, spec, 64, Duration::from_millis(200));
+        assert!(matches!(fifth.await, Err(AcquireError::Saturated(_))));
+        for lease in leases {
+            pool.release(lease, false);
+        }
+        settle().await;
+        assert_eq!(pool.counts("a"), (0, 0));
+        // Lowered again: one at a time.
+        pool.limit_function("a", Some(1));
+        let only = pool
+            .acquire(&a, &share, &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let second = pool.acquire(&a, &share, &sandbox, spec, 64, Duration::from_millis(200));
+        assert!(matches!(second.await, Err(AcquireError::Saturated(_))));
+        pool.release(only, true);
     }
 
     #[tokio::test]

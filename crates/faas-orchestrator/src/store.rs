@@ -76,6 +76,9 @@ pub struct FunctionVersion {
     /// Bytes of code and dependencies this version stores (for quotas).
     #[serde(default)]
     pub stored_bytes: u64,
+    /// Most instances (so invocations) at once, if below the node's bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 impl FunctionVersion {
@@ -94,6 +97,8 @@ impl FunctionVersion {
             sandbox: self.sandbox,
             attestation: self.attestation.clone(),
             egress: self.egress.clone(),
+            max_concurrency: self.max_concurrency,
+            stored_bytes: self.stored_bytes,
             created_at: self.created_at.clone(),
         }
     }
@@ -270,12 +275,15 @@ impl Store {
         .map_err(|e| OrchestratorError::Internal(format!("store task: {e}")))?
     }
 
-    /// Add a version of `name` (creating the function if needed), atomically.
-    /// `make` gets the function id and the new version number and returns the record.
+    /// Add a version of `name` (creating the function if needed), atomically;
+    /// with `create_only`, fail with [`OrchestratorError::Conflict`] instead
+    /// when the function exists. `make` gets the function id and the new
+    /// version number and returns the record.
     pub async fn add_version(
         &self,
         tenant: TenantId,
         name: String,
+        create_only: bool,
         make: impl FnOnce(&str, u32) -> FunctionVersion + Send + 'static,
     ) -> Result<FunctionVersion, OrchestratorError> {
         self.with(move |conn| {
@@ -288,6 +296,11 @@ impl Store {
                 )
                 .optional()?;
             let id = match existing {
+                Some(_) if create_only => {
+                    return Err(OrchestratorError::Conflict(format!(
+                        "function {name:?} already exists"
+                    )))
+                }
                 Some(id) => id,
                 None => {
                     let id = format!("fn-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -832,6 +845,7 @@ pub(crate) mod tests {
             code_sha256: code.into(),
             deps_sha256: None,
             stored_bytes: 0,
+            max_concurrency: None,
         }
     }
 
@@ -912,7 +926,7 @@ pub(crate) mod tests {
         let mut id = String::new();
         for n in 1..=7 {
             let v = store
-                .add_version(default(), "f".into(), move |id, version| {
+                .add_version(default(), "f".into(), false, move |id, version| {
                     version_of(id, version, &format!("code{n}"))
                 })
                 .await
@@ -945,18 +959,40 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn create_only_refuses_an_existing_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let made = store
+            .add_version(default(), "f".into(), true, |id, v| version_of(id, v, "a"))
+            .await
+            .unwrap();
+        assert_eq!(made.version, 1);
+        let again = store
+            .add_version(default(), "f".into(), true, |id, v| version_of(id, v, "b"))
+            .await;
+        assert!(
+            matches!(again, Err(OrchestratorError::Conflict(_))),
+            "{again:?}"
+        );
+        let kept = store.latest(&default(), "f").await.unwrap();
+        assert_eq!((kept.version, kept.code_sha256.as_str()), (1, "a"));
+    }
+
+    #[tokio::test]
     async fn names_are_per_tenant_and_the_audit_log_is_append_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let other = TenantId::try_from("other".to_string()).unwrap();
         let mine = store
-            .add_version(default(), "f".into(), |id, v| version_of(id, v, "a"))
+            .add_version(default(), "f".into(), false, |id, v| version_of(id, v, "a"))
             .await
             .unwrap();
         let theirs = store
-            .add_version(other.clone(), "f".into(), move |id, v| FunctionVersion {
-                tenant: TenantId::try_from("other".to_string()).unwrap(),
-                ..version_of(id, v, "b")
+            .add_version(other.clone(), "f".into(), false, move |id, v| {
+                FunctionVersion {
+                    tenant: TenantId::try_from("other".to_string()).unwrap(),
+                    ..version_of(id, v, "b")
+                }
             })
             .await
             .unwrap();

@@ -531,7 +531,7 @@ mod tests {
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let t = Tenancy::open(dir.path(), &store, true).await.unwrap();
         let f = store
-            .add_version(TenantId::default_tenant(), "f".into(), |id, v| {
+            .add_version(TenantId::default_tenant(), "f".into(), false, |id, v| {
                 crate::store::tests::version_of(id, v, "c")
             })
             .await

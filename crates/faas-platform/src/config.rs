@@ -531,6 +531,7 @@ impl PlatformConfig {
                 gateway: faas_gateway::GatewayConfig {
                     metrics_public: flags.metrics_public
                         || file.api.metrics_public.unwrap_or(false),
+                    tls: tls.is_some(),
                 },
                 tls,
             },

@@ -50,6 +50,9 @@ pub struct DeployArgs {
     /// `a.b.c.d/len:port`); repeatable. Without it a function has no network.
     #[arg(long = "egress", value_name = "DEST")]
     egress: Vec<String>,
+    /// Most invocations running at once (each in its own instance; 1-1000).
+    #[arg(long)]
+    max_concurrency: Option<u32>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -102,6 +105,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         network: (!args.egress.is_empty()).then(|| NetworkPolicy {
             egress: args.egress.clone(),
         }),
+        max_concurrency: args.max_concurrency,
     };
     let client = Client::new(&args.server)?;
     let info: FunctionInfo = client
