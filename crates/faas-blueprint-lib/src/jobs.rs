@@ -83,27 +83,33 @@ pub async fn execute_function(
     )>,
 ) -> Result<TangleResult<Bytes>, JobError> {
     tracing::info!(%image, ?command, "job execute_function");
-    let result = ctx
-        .orchestrator()
-        .execute(
-            &caller_of(chain),
-            ExecuteFunctionArgs {
-                image,
-                command,
-                env_vars: Some(env_vars),
-                payload: payload.to_vec(),
-            },
-        )
-        .await?;
-    if let Some(error) = result.error {
-        return Err(JobError::CommandFailed {
-            error,
-            stderr: result.logs.unwrap_or_default(),
-        });
-    }
-    Ok(TangleResult(Bytes::from(
-        result.response.unwrap_or_default(),
-    )))
+    logged(
+        "execute_function",
+        async {
+            let result = ctx
+                .orchestrator()
+                .execute(
+                    &caller_of(chain),
+                    ExecuteFunctionArgs {
+                        image,
+                        command,
+                        env_vars: Some(env_vars),
+                        payload: payload.to_vec(),
+                    },
+                )
+                .await?;
+            if let Some(error) = result.error {
+                return Err(JobError::CommandFailed {
+                    error,
+                    stderr: result.logs.unwrap_or_default(),
+                });
+            }
+            Ok(TangleResult(Bytes::from(
+                result.response.unwrap_or_default(),
+            )))
+        }
+        .await,
+    )
 }
 
 /// Job 1, `DEPLOY_FUNCTION`: deploy a function (a new version when the name
@@ -119,8 +125,14 @@ pub async fn deploy_function(
     let def: FunctionDefinition =
         serde_json::from_slice(&definition).map_err(JobError::InvalidDefinition)?;
     tracing::info!(function = %def.name, "job deploy_function");
-    let info = ctx.orchestrator().deploy(&caller_of(chain), def).await?;
-    Ok(TangleResult((info.id, info.version)))
+    logged(
+        "deploy_function",
+        async {
+            let info = ctx.orchestrator().deploy(&caller_of(chain), def).await?;
+            Ok(TangleResult((info.id, info.version)))
+        }
+        .await,
+    )
 }
 
 /// Job 2, `INVOKE_FUNCTION`: invoke the newest version of a function.
@@ -133,9 +145,25 @@ pub async fn invoke_function(
     TangleArg((function, payload)): TangleArg<(String, Bytes)>,
 ) -> Result<TangleResult<Bytes>, JobError> {
     tracing::info!(%function, "job invoke_function");
-    let invocation = ctx
-        .orchestrator()
-        .invoke(&caller_of(chain), &function, payload.to_vec())
-        .await?;
-    Ok(TangleResult(Bytes::from(invocation.body)))
+    logged(
+        "invoke_function",
+        async {
+            let invocation = ctx
+                .orchestrator()
+                .invoke(&caller_of(chain), &function, payload.to_vec())
+                .await?;
+            Ok(TangleResult(Bytes::from(invocation.body)))
+        }
+        .await,
+    )
+}
+
+/// Logs a job error: the SDK's `TangleConsumer` drops it at trace level and
+/// submits nothing, so without this line an operator never sees why a call
+/// stays unanswered.
+fn logged<T>(job: &str, result: Result<T, JobError>) -> Result<T, JobError> {
+    if let Err(e) = &result {
+        tracing::warn!(job, error = %e, "job failed: no result is submitted for this call");
+    }
+    result
 }

@@ -14,6 +14,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -348,13 +350,25 @@ fn write_keystore(dir: &Path, secret_hex: &str, public_hex: &str) -> Result<()> 
     let mut compressed = Vec::with_capacity(33);
     compressed.push(if xy[63] & 1 == 0 { 0x02 } else { 0x03 });
     compressed.extend_from_slice(&xy[..32]);
+    // Secret keys: the directories 0700, the file 0600, from the start.
     let key_dir = dir.join("Ecdsa");
-    std::fs::create_dir_all(&key_dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&key_dir)
         .with_context(|| format!("cannot create {}", key_dir.display()))?;
     let name = hex::encode(blake3_short(&compressed));
     let json = format!("[{},{}]", json_bytes(&compressed), json_bytes(&secret));
     let path = key_dir.join(name);
-    std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(json.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
