@@ -38,8 +38,10 @@ enum Command {
     Rm(commands::manage::RmArgs),
     /// Show recent invocations of a function with their logs.
     Logs(commands::manage::LogsArgs),
-    /// Show a function's instances and invocation counts.
+    /// Show a function's instances, queue, scaling and invocation counts.
     Status(commands::manage::StatusArgs),
+    /// Set a function's scaling (min/max instances, idle timeout, queue) without a redeploy.
+    Scale(commands::manage::ScaleArgs),
     /// Run a command once in a runtime image with stdin as its input (`POST /execute`).
     Exec(commands::invoke::ExecArgs),
     /// Bind Blueprint job ids to functions (the SDK's HTTP FaaS protocol).
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
             Command::Rm(a) => commands::manage::rm(a).await,
             Command::Logs(a) => commands::manage::logs(a).await,
             Command::Status(a) => commands::manage::status(a).await,
+            Command::Scale(a) => commands::manage::scale(a).await,
             Command::Doctor(a) => commands::doctor::run(a).await,
             Command::Attest { command } => commands::attest::run(command).await,
             Command::Verify(a) => commands::attest::verify(a).await,

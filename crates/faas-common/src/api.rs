@@ -36,9 +36,9 @@ pub struct FunctionInfo {
     /// Destinations it may reach (none: no network).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
-    /// Most invocations running at once, if limited below the node's bound.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
+    /// Its scaling as set (absent fields: the node's defaults).
+    #[serde(default)]
+    pub scaling: crate::Scaling,
     /// Bytes of code (and installed dependencies) this version stores.
     #[serde(default)]
     pub stored_bytes: u64,
@@ -66,6 +66,15 @@ pub struct FunctionStatus {
     pub warm_instances: usize,
     /// Instances running an invocation now.
     pub busy_instances: usize,
+    /// Instances being started now.
+    #[serde(default)]
+    pub starting_instances: usize,
+    /// Invocations waiting for an instance now.
+    #[serde(default)]
+    pub queued: usize,
+    /// The scaling in force: the function's, with the node's defaults filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_scaling: Option<crate::Scaling>,
     /// Invocations recorded for this function.
     pub invocations: u64,
     /// Of which failed (handler error, timeout, crash).

@@ -177,10 +177,34 @@ pub struct FunctionDefinition {
     /// Network access: none unless an egress allow-list opens destinations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::NetworkPolicy>,
-    /// Most invocations of the function running at once (each in its own
-    /// instance); the node's per-function limit when absent.
+    /// How many instances it keeps and may have, and how many calls may
+    /// wait for one; kept by a redeploy that does not give it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
+    pub scaling: Option<Scaling>,
+}
+
+/// A function's scaling (`PUT /functions/{fn}/scaling`); absent fields take
+/// the node's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// Instances kept started at all times (provisioned): started at deploy
+    /// and at server start, replaced when one dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    /// Most instances at once, so most invocations running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// Invocations one instance runs at once; only 1 is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Seconds an idle instance above `min_instances` is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_sec: Option<u32>,
+    /// Invocations that may wait for an instance when all are busy; beyond
+    /// them the answer is 429 at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
 }
 
 /// The outcome of one invocation (the compatible result type of `/execute`

@@ -12,8 +12,14 @@ use crate::{FunctionDefinition, Language};
 pub const MEMORY_RANGE_MB: std::ops::RangeInclusive<u32> = 32..=8192;
 /// Timeout a function may ask for, seconds.
 pub const TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=900;
-/// Allowed `max_concurrency`.
-pub const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+/// Allowed `max_instances`.
+pub const MAX_INSTANCES_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+/// Most `min_instances` (provisioned instances cost memory at all times).
+pub const MAX_MIN_INSTANCES: u32 = 100;
+/// Allowed `idle_timeout_sec` (one day at most).
+pub const IDLE_TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=86_400;
+/// Most `max_queue`.
+pub const MAX_QUEUE: u32 = 10_000;
 /// Most environment variables.
 pub const MAX_ENV_VARS: usize = 100;
 /// Most bytes of all environment names and values together.
@@ -56,14 +62,8 @@ pub fn definition(def: &FunctionDefinition) -> Result<Language, DefinitionError>
             )));
         }
     }
-    if let Some(c) = def.max_concurrency {
-        if !CONCURRENCY_RANGE.contains(&c) {
-            return Err(bad(format!(
-                "max_concurrency must be between {} and {}",
-                CONCURRENCY_RANGE.start(),
-                CONCURRENCY_RANGE.end()
-            )));
-        }
+    if let Some(s) = &def.scaling {
+        scaling(s)?;
     }
     env(&def.env)?;
     if let Some(network) = &def.network {
@@ -142,6 +142,50 @@ pub fn split_handler(handler: &str) -> Result<(&str, &str), DefinitionError> {
         return Err(malformed());
     }
     Ok((module, func))
+}
+
+/// Check a function's scaling: ranges, and `min_instances <= max_instances`.
+pub fn scaling(s: &crate::Scaling) -> Result<(), DefinitionError> {
+    if let Some(max) = s.max_instances {
+        if !MAX_INSTANCES_RANGE.contains(&max) {
+            return Err(bad(format!(
+                "scaling.max_instances must be between {} and {}",
+                MAX_INSTANCES_RANGE.start(),
+                MAX_INSTANCES_RANGE.end()
+            )));
+        }
+    }
+    if let Some(min) = s.min_instances {
+        if min > MAX_MIN_INSTANCES {
+            return Err(bad(format!(
+                "scaling.min_instances must be at most {MAX_MIN_INSTANCES}"
+            )));
+        }
+        if s.max_instances.is_some_and(|max| min > max) {
+            return Err(bad("scaling.min_instances must not exceed max_instances"));
+        }
+    }
+    if s.concurrency.is_some_and(|c| c != 1) {
+        return Err(bad(
+            "scaling.concurrency must be 1: an instance runs one invocation at a time \
+             (raise max_instances for more at once)",
+        ));
+    }
+    if let Some(t) = s.idle_timeout_sec {
+        if !IDLE_TIMEOUT_RANGE_SEC.contains(&t) {
+            return Err(bad(format!(
+                "scaling.idle_timeout_sec must be between {} and {}",
+                IDLE_TIMEOUT_RANGE_SEC.start(),
+                IDLE_TIMEOUT_RANGE_SEC.end()
+            )));
+        }
+    }
+    if s.max_queue.is_some_and(|q| q > MAX_QUEUE) {
+        return Err(bad(format!(
+            "scaling.max_queue must be at most {MAX_QUEUE}"
+        )));
+    }
+    Ok(())
 }
 
 /// Names of letters, digits and `_` (not starting with a digit); values

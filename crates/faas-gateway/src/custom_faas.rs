@@ -21,7 +21,7 @@ use axum::{Extension, Json, Router};
 use faas_auth::Caller;
 use faas_common::api::{FaasJobRequest, FunctionInfo, FunctionStatus, Outcome};
 use faas_common::base64::{self, Engine};
-use faas_common::FunctionDefinition;
+use faas_common::{FunctionDefinition, Scaling};
 use faas_orchestrator::{Orchestrator, OrchestratorError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -171,6 +171,7 @@ impl From<OrchestratorError> for SpecError {
             OrchestratorError::Unauthorized(_) => "UNAUTHORIZED",
             OrchestratorError::Forbidden(_) => "FORBIDDEN",
             OrchestratorError::RateLimited { .. } => "RATE_LIMITED",
+            OrchestratorError::Busy { .. } => "BUSY",
             OrchestratorError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
             OrchestratorError::Internal(_) => "INTERNAL_ERROR",
         };
@@ -296,7 +297,7 @@ fn deployment_info(
             .map(|ms| ms.round() as u64),
         memory_mb: info.memory_mb,
         timeout_secs: info.timeout_sec,
-        max_concurrency: info.max_concurrency,
+        max_concurrency: info.scaling.max_instances,
         deployed_at: info.created_at.clone(),
         binary_size_bytes: info.stored_bytes,
     }
@@ -326,6 +327,16 @@ async fn deploy(
         ))
         .of(&id));
     }
+    // The spec's name for the function's `scaling.max_instances`.
+    let range = faas_common::validate::MAX_INSTANCES_RANGE;
+    if spec.max_concurrency.is_some_and(|c| !range.contains(&c)) {
+        return Err(SpecError::bad(format!(
+            "max_concurrency must be between {} and {}",
+            range.start(),
+            range.end()
+        ))
+        .of(&id));
+    }
     let def = FunctionDefinition {
         name: id.clone(),
         language: "native".into(),
@@ -334,7 +345,10 @@ async fn deploy(
         memory_mb: Some(spec.memory_mb),
         timeout_sec: Some(spec.timeout_secs),
         env: spec.env_vars,
-        max_concurrency: spec.max_concurrency,
+        scaling: spec.max_concurrency.map(|max| Scaling {
+            max_instances: Some(max),
+            ..Scaling::default()
+        }),
         ..FunctionDefinition::default()
     };
     let info = o
@@ -419,7 +433,8 @@ async fn warm(
             .get(&caller, &id)
             .await
             .map_err(|e| SpecError::from(e).of(&id))?
-            .max_concurrency
+            .scaling
+            .max_instances
             .map_or(1, |m| m as usize),
     };
     let warmed = o

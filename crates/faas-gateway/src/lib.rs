@@ -77,6 +77,10 @@ pub fn router(orchestrator: Arc<Orchestrator>, config: GatewayConfig) -> Router 
         )
         .route("/functions/{id}", get(get_function).delete(delete_function))
         .route("/functions/{id}/status", get(status))
+        .route(
+            "/functions/{id}/scaling",
+            put(set_scaling).layer(DefaultBodyLimit::max(64 * 1024)),
+        )
         .route("/functions/{id}/logs", get(logs))
         .route(
             "/functions/{id}/invoke",
@@ -180,7 +184,9 @@ impl From<OrchestratorError> for ApiError {
             OrchestratorError::NotAttested(_) => StatusCode::PRECONDITION_FAILED,
             OrchestratorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             OrchestratorError::Forbidden(_) => StatusCode::FORBIDDEN,
-            OrchestratorError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            OrchestratorError::RateLimited { .. } | OrchestratorError::Busy { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             OrchestratorError::QuotaExceeded(_) | OrchestratorError::Conflict(_) => {
                 StatusCode::CONFLICT
             }
@@ -191,7 +197,9 @@ impl From<OrchestratorError> for ApiError {
         }
         let mut err = ApiError::new(status, e.to_string());
         err.refusal = e.is_refusal();
-        if let OrchestratorError::RateLimited { retry_after, .. } = &e {
+        if let OrchestratorError::RateLimited { retry_after, .. }
+        | OrchestratorError::Busy { retry_after, .. } = &e
+        {
             err.retry_after = Some(*retry_after);
         }
         if let OrchestratorError::Invocation {
@@ -288,6 +296,17 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(o.status(&caller, &id).await?).into_response())
+}
+
+/// `PUT /functions/{fn}/scaling` `Scaling`: replaces it, in force at once.
+async fn set_scaling(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let scaling: faas_common::Scaling = parse_json(&body(read)?)?;
+    Ok(Json(o.set_scaling(&caller, &id, scaling).await?).into_response())
 }
 
 #[derive(Deserialize)]

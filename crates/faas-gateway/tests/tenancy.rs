@@ -353,7 +353,19 @@ async fn tenants_share_names_and_never_see_each_other() {
             ("GET", format!("/functions/{target}/secrets"), b""),
             ("PUT", format!("/functions/{target}/secrets/TOKEN"), b"v"),
             ("DELETE", format!("/functions/{target}/secrets/TOKEN"), b""),
+            ("PUT", format!("/functions/{target}/scaling"), b"{}"),
             ("DELETE", format!("/functions/{target}"), b""),
+            // The Custom FaaS Platform Spec's routes.
+            ("GET", format!("/api/functions/{target}"), b""),
+            ("GET", format!("/api/functions/{target}/health"), b""),
+            (
+                "POST",
+                format!("/api/functions/{target}/invoke"),
+                br#"{"job_id":0,"args":[]}"#,
+            ),
+            ("HEAD", format!("/api/functions/{target}/invoke"), b""),
+            ("POST", format!("/api/functions/{target}/warm"), b""),
+            ("DELETE", format!("/api/functions/{target}"), b""),
         ] {
             let a = call(app, Some(&bob), method, &uri, body).await;
             assert_eq!(

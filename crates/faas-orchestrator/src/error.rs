@@ -64,6 +64,15 @@ pub enum OrchestratorError {
     /// The key is valid but may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The function is at its instances and its queue is full; it may try
+    /// again after `retry_after` seconds.
+    #[error("{message}")]
+    Busy {
+        /// What is full.
+        message: String,
+        /// Seconds until a retry may find room.
+        retry_after: u64,
+    },
     /// The tenant is over a rate quota; it may try again after `retry_after`.
     #[error("{message}")]
     RateLimited {

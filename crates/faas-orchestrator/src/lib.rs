@@ -13,6 +13,7 @@ pub mod deps;
 mod error;
 pub mod metrics;
 pub mod pool;
+mod scaling;
 pub mod store;
 pub mod tenancy;
 
@@ -55,6 +56,9 @@ pub struct OrchestratorConfig {
     pub max_instances: usize,
     /// Most instances of one function alive at once.
     pub max_instances_per_function: usize,
+    /// Invocations that may wait for one function's instances when all are
+    /// busy (a function's `max_queue` overrides it); beyond, 429.
+    pub max_queue: usize,
     /// Memory all live instances may have together, MiB; no function may ask
     /// for more than this.
     pub memory_budget_mb: u64,
@@ -83,6 +87,7 @@ impl Default for OrchestratorConfig {
             heartbeat: Duration::from_secs(15),
             max_instances: 32,
             max_instances_per_function: 8,
+            max_queue: 64,
             memory_budget_mb: default_memory_budget_mb(),
             default_memory_mb: 128,
             default_timeout_sec: 30,
@@ -115,9 +120,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Most bytes of records one `logs` page carries.
 pub const MAX_LOGS_PAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// How long [`Orchestrator::warm`] waits for capacity for each instance.
-const WARM_WAIT: Duration = Duration::from_secs(1);
 
 pub use faas_common::validate::{MEMORY_RANGE_MB, TIMEOUT_RANGE_SEC};
 
@@ -247,6 +249,7 @@ impl Orchestrator {
             pool::PoolLimits {
                 instances: config.max_instances,
                 per_function: config.max_instances_per_function,
+                max_queue: config.max_queue,
                 memory_mb: config.memory_budget_mb,
             },
             config.idle_timeout,
@@ -711,13 +714,13 @@ impl Orchestrator {
         let dependencies = def.dependencies.clone();
         let env = def.env.clone();
         let name = def.name.clone();
-        let max_concurrency = def.max_concurrency;
         let record = self
             .store
             .add_version(
                 tenant.clone(),
                 def.name.clone(),
                 create_only,
+                def.scaling,
                 move |id, version| FunctionVersion {
                     id: id.to_string(),
                     tenant,
@@ -736,13 +739,15 @@ impl Orchestrator {
                     code_sha256: code_sha,
                     deps_sha256: deps_sha,
                     stored_bytes,
-                    max_concurrency,
+                    scaling: Default::default(),
                 },
             )
             .await?;
         drop(_storing);
         // Older versions' warm instances would serve stale code.
         self.pool.retire(&record.id, record.version);
+        self.pool
+            .limit_function(&record.id, self.limits_of(&record));
         tracing::info!(tenant = %record.tenant, function = %record.name, version = record.version, "deployed");
         self.audit(tenancy::entry(
             caller,
@@ -960,6 +965,8 @@ impl Orchestrator {
     ) -> Result<FunctionStatus, OrchestratorError> {
         let f = self.function(caller, Scope::Read, id_or_name).await?;
         let (warm, busy) = self.pool.counts(&f.id);
+        let (queued, starting) = self.pool.pressure(&f.id);
+        let limits = self.limits_of(&f);
         let (invocations, failures) = self.store.counts(&f.id).await?;
         let last = self.store.invocations(&f.id, 1, None).await?.pop();
         let last_cold_start_ms = self
@@ -974,79 +981,15 @@ impl Orchestrator {
             version: f.version,
             warm_instances: warm,
             busy_instances: busy,
+            starting_instances: starting,
+            queued,
+            effective_scaling: Some(scaling::effective(&limits)),
             invocations,
             failures,
             last_invocation: last.as_ref().map(|(_, r)| r.started_at.clone()),
             last_outcome: last.map(|(_, r)| r.outcome),
             last_cold_start_ms,
         })
-    }
-
-    /// Start instances of a function until `instances` of it are warm (at
-    /// most what its limits allow); returns how many are. Each waits briefly
-    /// for capacity: warming never queues behind invocations for long.
-    pub async fn warm(
-        self: &Arc<Self>,
-        caller: &Caller,
-        id_or_name: &str,
-        instances: usize,
-    ) -> Result<usize, OrchestratorError> {
-        let f = self.function(caller, Scope::Invoke, id_or_name).await?;
-        if let Some(required) = &f.attestation {
-            self.admit(&f.name, required)?;
-        }
-        let cap = f
-            .max_concurrency
-            .map_or(usize::MAX, |m| m as usize)
-            .min(self.config.max_instances_per_function);
-        let instances = instances.clamp(1, cap.max(1));
-        let secrets = self.tenancy.secrets_of(&self.store, &f.id).await?;
-        let f = Arc::new(f);
-        let secrets = Arc::new(secrets);
-        let this = self.clone();
-        let name = f.name.clone();
-        // One task owns the whole warm-up, so a caller that goes away leaves
-        // no lease behind. Every lease is held until all are in: released
-        // one by one, the next start would just reuse the previous instance.
-        let (warmed, failure) = tokio::spawn(async move {
-            let starting: Vec<_> = (0..instances)
-                .map(|_| {
-                    let (this, f, secrets) = (this.clone(), f.clone(), secrets.clone());
-                    tokio::spawn(async move {
-                        let request_id = format!("warm-{}", uuid::Uuid::new_v4());
-                        this.acquire(&f, &secrets, &request_id, WARM_WAIT).await
-                    })
-                })
-                .collect();
-            let mut leases = Vec::new();
-            let mut failure = None;
-            for task in starting {
-                match task.await {
-                    Ok(Ok(lease)) => leases.push(lease),
-                    Ok(Err(e)) => {
-                        failure.get_or_insert(e);
-                    }
-                    Err(e) => {
-                        failure
-                            .get_or_insert(OrchestratorError::Internal(format!("warm task: {e}")));
-                    }
-                }
-            }
-            let warmed = leases.len();
-            for lease in leases {
-                this.pool.release(lease, true);
-            }
-            (warmed, failure)
-        })
-        .await
-        .map_err(|e| OrchestratorError::Internal(format!("warm task: {e}")))?;
-        match failure {
-            Some(e) if warmed == 0 => Err(e),
-            _ => {
-                tracing::info!(tenant = %caller.tenant, function = %name, warmed, "warmed");
-                Ok(warmed)
-            }
-        }
     }
 
     /// One page of recent invocations, newest first: at most `limit` (up to
@@ -1190,7 +1133,7 @@ impl Orchestrator {
             max_instances: quota.max_instances,
             max_memory_mb: quota.max_memory_mb,
         };
-        self.pool.limit_function(&f.id, f.max_concurrency);
+        self.pool.limit_function(&f.id, self.limits_of(f));
         let lease = self
             .pool
             .acquire(
@@ -1363,6 +1306,11 @@ impl Orchestrator {
                 retry_after: 1,
             },
             AcquireError::Closed => OrchestratorError::Overloaded("server is shutting down".into()),
+            // A short queue drains in about one call's time.
+            AcquireError::QueueFull(why) => OrchestratorError::Busy {
+                message: format!("{why}; retry later"),
+                retry_after: 1,
+            },
             AcquireError::Start(e) => invocation_error(request_id, e),
         }
     }

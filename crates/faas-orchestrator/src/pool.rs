@@ -34,6 +34,8 @@ pub struct PoolLimits {
     pub per_function: usize,
     /// Memory of all instances together, MiB (each counts its limit).
     pub memory_mb: u64,
+    /// Callers that may wait for one function's instances, unless it sets its own.
+    pub max_queue: usize,
 }
 
 /// What one tenant may hold in the pool at once (its quota; `None`: no bound).
@@ -93,13 +95,46 @@ struct Idle {
 /// How long the agent of an idle instance may take to answer a heartbeat.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Per function: its share of the node, and a wake-up for callers waiting
-/// for one of its instances.
+/// What one function may hold and keep (its scaling, with the node's
+/// defaults filled in and its bounds applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionLimits {
+    /// Most instances at once.
+    pub max_instances: usize,
+    /// Instances never expired for idleness.
+    pub min_instances: usize,
+    /// How long an idle instance above `min_instances` is kept.
+    pub idle_timeout: Duration,
+    /// Callers that may wait for an instance at once; beyond, [`AcquireError::QueueFull`].
+    pub max_queue: usize,
+}
+
+/// Per function: its share of the node, its limits, and a wake-up for
+/// callers waiting for one of its instances.
 struct FunctionShare {
     slots: Arc<Semaphore>,
-    /// Permits `slots` was made with.
-    cap: usize,
+    limits: FunctionLimits,
+    /// Callers waiting for an instance now.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Instances being started now.
+    starting: Arc<std::sync::atomic::AtomicUsize>,
     released: Arc<Notify>,
+}
+
+/// Counts one caller or start in a function's gauge while alive.
+struct Gauge(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Gauge {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Gauge {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Gauge(counter.clone())
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -146,6 +181,9 @@ pub enum AcquireError {
     TenantFull(String),
     /// The pool is shutting down.
     Closed,
+    /// Every instance the function may have is busy and as many callers as
+    /// it may queue already wait; says how many.
+    QueueFull(String),
     /// Starting the instance failed.
     Start(ExecutorError),
 }
@@ -218,8 +256,10 @@ impl Pool {
         wait: Duration,
     ) -> Result<Lease, AcquireError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let function = loop {
-            let (slots, cap, released) = {
+        // Counts this caller as queued from its first wait to its return.
+        let mut queued: Option<Gauge> = None;
+        let (function, starting) = loop {
+            let (slots, limits, waiting, starting, released) = {
                 let mut st = self.state.lock().expect("pool lock");
                 if let Some(idle) = self.take_idle(&mut st, key)? {
                     return Ok(Lease {
@@ -231,31 +271,41 @@ impl Pool {
                         start_time: Duration::ZERO,
                     });
                 }
-                let share = st
-                    .functions
-                    .entry(key.function_id.clone())
-                    .or_insert_with(|| FunctionShare {
-                        slots: Arc::new(Semaphore::new(self.limits.per_function)),
-                        cap: self.limits.per_function,
-                        released: Arc::new(Notify::new()),
-                    });
-                (share.slots.clone(), share.cap, share.released.clone())
+                let share = self.share(&mut st, &key.function_id);
+                (
+                    share.slots.clone(),
+                    share.limits,
+                    share.waiting.clone(),
+                    share.starting.clone(),
+                    share.released.clone(),
+                )
             };
             // Registered before trying, so a release in between is not missed.
             let notified = released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Ok(permit) = slots.clone().try_acquire_owned() {
-                break permit;
+                break (permit, starting);
             }
             // Every instance the function may have is busy: wait for one to
-            // come back (warm, or gone).
+            // come back (warm, or gone), if the queue has room.
+            if queued.is_none() {
+                if waiting.load(std::sync::atomic::Ordering::SeqCst) >= limits.max_queue {
+                    return Err(AcquireError::QueueFull(format!(
+                        "all {} instances this function may have are busy and {} calls already wait",
+                        limits.max_instances, limits.max_queue
+                    )));
+                }
+                queued = Some(Gauge::enter(&waiting));
+            }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(AcquireError::Saturated(format!(
-                    "all {cap} instances this function may have are busy"
+                    "all {} instances this function may have are busy",
+                    limits.max_instances
                 )));
             }
         };
+        drop(queued);
         let tenant = match self.hold_for(tenant, memory_mb) {
             Ok(hold) => hold,
             Err(e) => {
@@ -274,6 +324,7 @@ impl Pool {
         };
         let epoch = self.epoch(&key.function_id);
         let started = Instant::now();
+        let _starting = Gauge::enter(&starting);
         let start = tokio::select! {
             started = sandbox.start(spec()) => started,
             // Shutdown does not wait for boots: dropping the start removes
@@ -353,30 +404,47 @@ impl Pool {
         self.wake(&function);
     }
 
-    /// Bound the instances of `function_id` to `max` (its `max_concurrency`;
-    /// `None`: the node's per-function limit, which also caps `max`).
-    ///
-    /// A higher bound applies at once; a lower one as soon as enough of the
-    /// function's instances are gone (a redeploy, the only way it changes,
-    /// retires the old version's).
-    pub fn limit_function(&self, function_id: &str, max: Option<u32>) {
-        let per_function = self.limits.per_function;
-        let cap = max.map_or(per_function, |m| (m as usize).clamp(1, per_function));
-        let mut st = self.state.lock().expect("pool lock");
-        let share = st
-            .functions
+    /// The node's defaults for a function that set nothing.
+    pub fn default_limits(&self) -> FunctionLimits {
+        FunctionLimits {
+            max_instances: self.limits.per_function,
+            min_instances: 0,
+            idle_timeout: self.idle_timeout,
+            max_queue: self.limits.max_queue,
+        }
+    }
+
+    fn share<'a>(&self, st: &'a mut State, function_id: &str) -> &'a mut FunctionShare {
+        let limits = self.default_limits();
+        st.functions
             .entry(function_id.to_string())
             .or_insert_with(|| FunctionShare {
-                slots: Arc::new(Semaphore::new(cap)),
-                cap,
+                slots: Arc::new(Semaphore::new(limits.max_instances)),
+                limits,
+                waiting: Default::default(),
+                starting: Default::default(),
                 released: Arc::new(Notify::new()),
-            });
-        if share.cap < cap {
-            share.slots.add_permits(cap - share.cap);
+            })
+    }
+
+    /// Set what `function_id` may hold and keep; `max_instances` is capped at
+    /// the node's per-function limit.
+    ///
+    /// A higher bound applies at once; a lower one as soon as enough of the
+    /// function's instances are gone.
+    pub fn limit_function(&self, function_id: &str, mut limits: FunctionLimits) {
+        limits.max_instances = limits.max_instances.clamp(1, self.limits.per_function);
+        limits.min_instances = limits.min_instances.min(limits.max_instances);
+        let mut st = self.state.lock().expect("pool lock");
+        let share = self.share(&mut st, function_id);
+        let (had, cap) = (share.limits.max_instances, limits.max_instances);
+        share.limits = limits;
+        if had < cap {
+            share.slots.add_permits(cap - had);
             // Waiters may now fit under the new bound.
             share.released.notify_waiters();
-        } else if share.cap > cap {
-            let deficit = share.cap - cap;
+        } else if had > cap {
+            let deficit = had - cap;
             let gone = share.slots.forget_permits(deficit);
             if gone < deficit {
                 // The rest are held by live instances: take them as they come back.
@@ -389,7 +457,17 @@ impl Pool {
                 });
             }
         }
-        share.cap = cap;
+    }
+
+    /// (queued callers, instances starting) of a function now.
+    pub fn pressure(&self, function_id: &str) -> (usize, usize) {
+        let st = self.state.lock().expect("pool lock");
+        st.functions.get(function_id).map_or((0, 0), |share| {
+            (
+                share.waiting.load(std::sync::atomic::Ordering::SeqCst),
+                share.starting.load(std::sync::atomic::Ordering::SeqCst),
+            )
+        })
     }
 
     fn wake(&self, function_id: &str) {
@@ -706,12 +784,42 @@ impl Pool {
         let mut expired = Vec::new();
         {
             let mut st = self.state.lock().expect("pool lock");
-            for list in st.idle.values_mut() {
-                let (old, keep): (Vec<Idle>, Vec<Idle>) = list
-                    .drain(..)
-                    .partition(|i| now.duration_since(i.since) >= self.idle_timeout);
+            let st = &mut *st;
+            let defaults = self.default_limits();
+            // Per function: instances alive, so how many may go while
+            // `min_instances` stay.
+            let mut alive: HashMap<&str, usize> = HashMap::new();
+            for (key, list) in &st.idle {
+                *alive.entry(key.function_id.as_str()).or_default() += list.len();
+            }
+            for (key, n) in &st.busy {
+                *alive.entry(key.function_id.as_str()).or_default() += n;
+            }
+            let mut spare: HashMap<String, usize> = alive
+                .into_iter()
+                .map(|(f, n)| {
+                    let min = st.functions.get(f).map_or(0, |s| s.limits.min_instances);
+                    (f.to_string(), n.saturating_sub(min))
+                })
+                .collect();
+            for (key, list) in st.idle.iter_mut() {
+                let limits = st
+                    .functions
+                    .get(&key.function_id)
+                    .map_or(defaults, |s| s.limits);
+                let spare = spare.entry(key.function_id.clone()).or_default();
+                // Oldest first: the most recently used stay warmest.
+                list.sort_by_key(|i| i.since);
+                let mut keep = Vec::with_capacity(list.len());
+                for idle in list.drain(..) {
+                    if *spare > 0 && now.duration_since(idle.since) >= limits.idle_timeout {
+                        *spare -= 1;
+                        expired.push(idle);
+                    } else {
+                        keep.push(idle);
+                    }
+                }
                 *list = keep;
-                expired.extend(old);
             }
             st.idle.retain(|_, v| !v.is_empty());
         }
@@ -759,6 +867,7 @@ mod tests {
                 instances,
                 per_function,
                 memory_mb: 1024,
+                max_queue: 64,
             },
             Duration::from_secs(300),
             Duration::from_secs(3600),
@@ -818,12 +927,95 @@ mod tests {
         );
     }
 
+    fn at_most(pool: &Pool, max_instances: usize) -> FunctionLimits {
+        FunctionLimits {
+            max_instances,
+            ..pool.default_limits()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_at_once_and_drains() {
+        let sandbox = Arc::new(FakeSandbox::default());
+        let pool = pool(8, 4);
+        let (a, share) = (key("a", 1), anyone());
+        pool.limit_function(
+            "a",
+            FunctionLimits {
+                max_instances: 1,
+                max_queue: 1,
+                ..pool.default_limits()
+            },
+        );
+        let busy = pool
+            .acquire(&a, &share, &*sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let queued = {
+            let pool = pool.clone();
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                pool.acquire(&key("a", 1), &anyone(), &*sandbox, spec, 64, WAIT)
+                    .await
+                    .map(|l| (l.cold, l))
+            })
+        };
+        settle().await;
+        assert_eq!(pool.pressure("a"), (1, 0), "one caller waits");
+        let started = Instant::now();
+        match pool.acquire(&a, &share, &*sandbox, spec, 64, WAIT).await {
+            Err(AcquireError::QueueFull(why)) => {
+                assert!(why.contains("1 calls already wait"), "{why}")
+            }
+            other => panic!("past the queue: {:?}", other.map(|l| l.cold)),
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "refused at once"
+        );
+        pool.release(busy, true);
+        let (cold, lease) = queued.await.unwrap().unwrap();
+        assert!(!cold, "the queued caller got the instance back");
+        assert_eq!(pool.pressure("a"), (0, 0));
+        pool.release(lease, true);
+    }
+
+    #[tokio::test]
+    async fn idle_expiry_keeps_min_instances() {
+        let sandbox = FakeSandbox::default();
+        let pool = pool(8, 4);
+        let (a, share) = (key("a", 1), anyone());
+        pool.limit_function(
+            "a",
+            FunctionLimits {
+                min_instances: 1,
+                idle_timeout: Duration::ZERO,
+                ..pool.default_limits()
+            },
+        );
+        let one = pool
+            .acquire(&a, &share, &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        let two = pool
+            .acquire(&a, &share, &sandbox, spec, 64, WAIT)
+            .await
+            .unwrap();
+        pool.release(one, true);
+        pool.release(two, true);
+        pool.expire_idle();
+        settle().await;
+        assert_eq!(pool.counts("a"), (1, 0), "one expired, min_instances stays");
+        pool.expire_idle();
+        assert_eq!(pool.counts("a"), (1, 0));
+    }
+
     #[tokio::test]
     async fn a_function_limit_bounds_its_instances_and_can_change() {
         let sandbox = FakeSandbox::default();
         let pool = pool(8, 4);
         let (a, share) = (key("a", 1), anyone());
-        pool.limit_function("a", Some(1));
+        pool.limit_function("a", at_most(&pool, 1));
         let first = pool
             .acquire(&a, &share, &sandbox, spec, 64, WAIT)
             .await
@@ -834,7 +1026,7 @@ mod tests {
             other => panic!("a second instance past max 1: {:?}", other.map(|l| l.cold)),
         }
         // A limit above the node's per-function one is the node's.
-        pool.limit_function("a", Some(100));
+        pool.limit_function("a", at_most(&pool, 100));
         let mut leases = vec![first];
         for _ in 0..3 {
             leases.push(
@@ -851,7 +1043,7 @@ mod tests {
         settle().await;
         assert_eq!(pool.counts("a"), (0, 0));
         // Lowered again: one at a time.
-        pool.limit_function("a", Some(1));
+        pool.limit_function("a", at_most(&pool, 1));
         let only = pool
             .acquire(&a, &share, &sandbox, spec, 64, WAIT)
             .await
@@ -937,6 +1129,7 @@ mod tests {
                 instances: 8,
                 per_function: 8,
                 memory_mb: 100,
+                max_queue: 64,
             },
             Duration::from_secs(300),
             Duration::from_secs(3600),
@@ -1016,6 +1209,7 @@ mod tests {
                 instances: 4,
                 per_function: 4,
                 memory_mb: 1024,
+                max_queue: 64,
             },
             Duration::from_secs(300),
             Duration::from_millis(100),

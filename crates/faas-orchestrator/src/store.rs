@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use faas_auth::KeyRecord;
 use faas_auth::TenantId;
 use faas_common::api::{AuditEntry, FunctionInfo, InvocationRecord, JobBinding, TenantQuota};
-use faas_common::{Language, SandboxKind};
+use faas_common::{Language, SandboxKind, Scaling};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -76,9 +76,9 @@ pub struct FunctionVersion {
     /// Bytes of code and dependencies this version stores (for quotas).
     #[serde(default)]
     pub stored_bytes: u64,
-    /// Most instances (so invocations) at once, if below the node's bound.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
+    /// The function's scaling (stored with the function, not the version).
+    #[serde(skip)]
+    pub scaling: Scaling,
 }
 
 impl FunctionVersion {
@@ -97,7 +97,7 @@ impl FunctionVersion {
             sandbox: self.sandbox,
             attestation: self.attestation.clone(),
             egress: self.egress.clone(),
-            max_concurrency: self.max_concurrency,
+            scaling: self.scaling,
             stored_bytes: self.stored_bytes,
             created_at: self.created_at.clone(),
         }
@@ -182,7 +182,16 @@ pub const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // 3: scaling, per function (not per version: it changes without a deploy).
+    "ALTER TABLE functions ADD COLUMN scaling TEXT NOT NULL DEFAULT '{}';",
 ];
+
+/// A stored version's spec with its function's scaling.
+fn version_with(spec: &str, scaling: &str) -> Result<FunctionVersion, OrchestratorError> {
+    let mut version: FunctionVersion = serde_json::from_str(spec)?;
+    version.scaling = serde_json::from_str(scaling)?;
+    Ok(version)
+}
 
 /// Bring `conn` to the newest schema version; returns the version it was at.
 fn migrate(conn: &mut Connection) -> Result<u32, OrchestratorError> {
@@ -284,6 +293,7 @@ impl Store {
         tenant: TenantId,
         name: String,
         create_only: bool,
+        scaling: Option<Scaling>,
         make: impl FnOnce(&str, u32) -> FunctionVersion + Send + 'static,
     ) -> Result<FunctionVersion, OrchestratorError> {
         self.with(move |conn| {
@@ -316,11 +326,23 @@ impl Store {
                 [&id],
                 |r| r.get(0),
             )?;
-            let record = make(&id, version);
+            let mut record = make(&id, version);
             tx.execute(
                 "INSERT INTO versions (function_id, version, spec) VALUES (?1, ?2, ?3)",
                 params![id, version, serde_json::to_string(&record)?],
             )?;
+            if let Some(scaling) = scaling {
+                tx.execute(
+                    "UPDATE functions SET scaling = ?2 WHERE id = ?1",
+                    params![id, serde_json::to_string(&scaling)?],
+                )?;
+            }
+            record.scaling = tx.query_row(
+                "SELECT scaling FROM functions WHERE id = ?1",
+                [&id],
+                |r| r.get::<_, String>(0),
+            )
+            .map(|s| serde_json::from_str(&s))??;
             tx.execute(
                 "DELETE FROM versions WHERE function_id = ?1 AND version <= ?2",
                 params![id, i64::from(version) - KEEP_VERSIONS],
@@ -340,17 +362,17 @@ impl Store {
         let key = id_or_name.to_string();
         let tenant = tenant.clone();
         self.with(move |conn| {
-            let spec: Option<String> = conn
+            let row: Option<(String, String)> = conn
                 .query_row(
-                    "SELECT v.spec FROM versions v JOIN functions f ON f.id = v.function_id
+                    "SELECT v.spec, f.scaling FROM versions v JOIN functions f ON f.id = v.function_id
                      WHERE (f.id = ?1 OR f.name = ?1) AND f.tenant = ?2
                      ORDER BY v.version DESC LIMIT 1",
                     params![key, tenant.as_str()],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            match spec {
-                Some(s) => Ok(serde_json::from_str(&s)?),
+            match row {
+                Some((spec, scaling)) => version_with(&spec, &scaling),
                 None => Err(OrchestratorError::NotFound(format!("function {key:?}"))),
             }
         })
@@ -366,15 +388,60 @@ impl Store {
         let tenant = tenant.map(|t| t.as_str().to_string());
         self.with(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT v.spec FROM versions v JOIN functions f ON f.id = v.function_id
+                "SELECT v.spec, f.scaling FROM versions v JOIN functions f ON f.id = v.function_id
                  WHERE v.version = (SELECT MAX(version) FROM versions WHERE function_id = f.id)
                    AND (?1 IS NULL OR f.tenant = ?1)
                  ORDER BY f.tenant, f.name",
             )?;
-            let rows = stmt.query_map([tenant], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map([tenant], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
-                out.push(serde_json::from_str(&row?)?);
+                let (spec, scaling) = row?;
+                out.push(version_with(&spec, &scaling)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Replace the scaling of `tenant`'s function `id`.
+    pub async fn set_scaling(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        scaling: Scaling,
+    ) -> Result<(), OrchestratorError> {
+        let (tenant, id) = (tenant.clone(), id.to_string());
+        self.with(move |conn| {
+            let n = conn.execute(
+                "UPDATE functions SET scaling = ?3 WHERE id = ?1 AND tenant = ?2",
+                params![id, tenant.as_str(), serde_json::to_string(&scaling)?],
+            )?;
+            if n == 0 {
+                return Err(OrchestratorError::NotFound(format!("function {id:?}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest version of every function that keeps instances started
+    /// (`min_instances` above 0), every tenant's.
+    pub async fn provisioned(&self) -> Result<Vec<FunctionVersion>, OrchestratorError> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT v.spec, f.scaling FROM versions v JOIN functions f ON f.id = v.function_id
+                 WHERE v.version = (SELECT MAX(version) FROM versions WHERE function_id = f.id)
+                   AND COALESCE(json_extract(f.scaling, '$.min_instances'), 0) > 0",
+            )?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (spec, scaling) = row?;
+                out.push(version_with(&spec, &scaling)?);
             }
             Ok(out)
         })
@@ -845,7 +912,7 @@ pub(crate) mod tests {
             code_sha256: code.into(),
             deps_sha256: None,
             stored_bytes: 0,
-            max_concurrency: None,
+            scaling: Scaling::default(),
         }
     }
 
@@ -926,7 +993,7 @@ pub(crate) mod tests {
         let mut id = String::new();
         for n in 1..=7 {
             let v = store
-                .add_version(default(), "f".into(), false, move |id, version| {
+                .add_version(default(), "f".into(), false, None, move |id, version| {
                     version_of(id, version, &format!("code{n}"))
                 })
                 .await
@@ -963,12 +1030,16 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let made = store
-            .add_version(default(), "f".into(), true, |id, v| version_of(id, v, "a"))
+            .add_version(default(), "f".into(), true, None, |id, v| {
+                version_of(id, v, "a")
+            })
             .await
             .unwrap();
         assert_eq!(made.version, 1);
         let again = store
-            .add_version(default(), "f".into(), true, |id, v| version_of(id, v, "b"))
+            .add_version(default(), "f".into(), true, None, |id, v| {
+                version_of(id, v, "b")
+            })
             .await;
         assert!(
             matches!(again, Err(OrchestratorError::Conflict(_))),
@@ -984,11 +1055,13 @@ pub(crate) mod tests {
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let other = TenantId::try_from("other".to_string()).unwrap();
         let mine = store
-            .add_version(default(), "f".into(), false, |id, v| version_of(id, v, "a"))
+            .add_version(default(), "f".into(), false, None, |id, v| {
+                version_of(id, v, "a")
+            })
             .await
             .unwrap();
         let theirs = store
-            .add_version(other.clone(), "f".into(), false, move |id, v| {
+            .add_version(other.clone(), "f".into(), false, None, move |id, v| {
                 FunctionVersion {
                     tenant: TenantId::try_from("other".to_string()).unwrap(),
                     ..version_of(id, v, "b")

@@ -531,9 +531,13 @@ mod tests {
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let t = Tenancy::open(dir.path(), &store, true).await.unwrap();
         let f = store
-            .add_version(TenantId::default_tenant(), "f".into(), false, |id, v| {
-                crate::store::tests::version_of(id, v, "c")
-            })
+            .add_version(
+                TenantId::default_tenant(),
+                "f".into(),
+                false,
+                None,
+                |id, v| crate::store::tests::version_of(id, v, "c"),
+            )
             .await
             .unwrap();
         let sealed = t.seal(&f.id, "DB", b"hunter2").unwrap();

@@ -148,8 +148,10 @@ pub async fn build(
     if !orchestrator.auth_enabled() {
         tracing::warn!("{}", faas_gateway::auth::NO_AUTH_WARNING);
     }
+    let orchestrator = Arc::new(orchestrator);
+    orchestrator.keep_provisioned();
     Ok(Platform {
-        orchestrator: Arc::new(orchestrator),
+        orchestrator,
         config,
         new_admin_key,
         egress,

@@ -52,6 +52,10 @@ pub struct Flags {
     /// Most instances of one function alive at once [default: 8].
     #[arg(long, env = "FAAS_MAX_INSTANCES_PER_FUNCTION")]
     pub max_instances_per_function: Option<usize>,
+    /// Invocations that may wait for one function's busy instances before
+    /// the rest get 429, unless the function sets `max_queue` [default: 64].
+    #[arg(long, env = "FAAS_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
     /// Memory all instances may have together, MiB [default: the machine's
     /// memory less a tenth, at least 1 GiB].
     #[arg(long, env = "FAAS_MEMORY_BUDGET_MB")]
@@ -129,6 +133,8 @@ pub struct FileConfig {
     pub max_instances: Option<usize>,
     /// Most live instances of one function.
     pub max_instances_per_function: Option<usize>,
+    /// Invocations that may wait for one function's instances.
+    pub max_queue: Option<usize>,
     /// Memory of all instances together, MiB.
     pub memory_budget_mb: Option<u64>,
     /// Memory limit when a deploy gives none.
@@ -474,6 +480,10 @@ impl PlatformConfig {
                 .max_instances_per_function
                 .or(file.max_instances_per_function)
                 .unwrap_or(defaults.max_instances_per_function),
+            max_queue: flags
+                .max_queue
+                .or(file.max_queue)
+                .unwrap_or(defaults.max_queue),
             memory_budget_mb: flags
                 .memory_budget_mb
                 .or(file.memory_budget_mb)

@@ -50,9 +50,18 @@ pub struct DeployArgs {
     /// `a.b.c.d/len:port`); repeatable. Without it a function has no network.
     #[arg(long = "egress", value_name = "DEST")]
     egress: Vec<String>,
-    /// Most invocations running at once (each in its own instance; 1-1000).
+    /// Instances kept started at all times.
     #[arg(long)]
-    max_concurrency: Option<u32>,
+    min_instances: Option<u32>,
+    /// Most instances at once, so most invocations running at once (1-1000).
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Seconds an idle instance above --min-instances is kept.
+    #[arg(long)]
+    idle_timeout_sec: Option<u32>,
+    /// Invocations that may wait when every instance is busy; beyond, 429.
+    #[arg(long)]
+    max_queue: Option<u32>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -105,7 +114,16 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         network: (!args.egress.is_empty()).then(|| NetworkPolicy {
             egress: args.egress.clone(),
         }),
-        max_concurrency: args.max_concurrency,
+        scaling: {
+            let s = faas_common::Scaling {
+                min_instances: args.min_instances,
+                max_instances: args.max_instances,
+                concurrency: None,
+                idle_timeout_sec: args.idle_timeout_sec,
+                max_queue: args.max_queue,
+            };
+            (s != faas_common::Scaling::default()).then_some(s)
+        },
     };
     let client = Client::new(&args.server)?;
     let info: FunctionInfo = client

@@ -1,4 +1,4 @@
-//! `faas ls`, `rm`, `logs`, `status`.
+//! `faas ls`, `rm`, `logs`, `status`, `scale`.
 
 use std::process::ExitCode;
 
@@ -126,8 +126,76 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         println!(
-            "{} v{}: {} warm, {} busy instances; {} invocations, {} failed",
-            s.name, s.version, s.warm_instances, s.busy_instances, s.invocations, s.failures
+            "{} v{}: {} starting, {} idle, {} busy instances, {} queued; {} invocations, {} failed",
+            s.name,
+            s.version,
+            s.starting_instances,
+            s.warm_instances,
+            s.busy_instances,
+            s.queued,
+            s.invocations,
+            s.failures
+        );
+        if let Some(e) = &s.effective_scaling {
+            let n = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+            println!(
+                "scaling: min {} max {} instances, idle timeout {}s, queue {}",
+                n(e.min_instances),
+                n(e.max_instances),
+                n(e.idle_timeout_sec),
+                n(e.max_queue)
+            );
+        }
+        if let (Some(at), Some(outcome)) = (&s.last_invocation, &s.last_outcome) {
+            println!("last invocation: {at}, {}", outcome.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `faas scale` flags: the function's whole scaling (what is not given
+/// takes the node's default).
+#[derive(Args)]
+pub struct ScaleArgs {
+    /// Function name or id.
+    name: String,
+    /// Instances kept started at all times.
+    #[arg(long)]
+    min_instances: Option<u32>,
+    /// Most instances at once (1-1000).
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Seconds an idle instance above --min-instances is kept.
+    #[arg(long)]
+    idle_timeout_sec: Option<u32>,
+    /// Invocations that may wait when every instance is busy; beyond, 429.
+    #[arg(long)]
+    max_queue: Option<u32>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Replace a function's scaling, without a redeploy.
+pub async fn scale(args: ScaleArgs) -> Result<ExitCode> {
+    let client = Client::new(&args.server)?;
+    let scaling = faas_common::Scaling {
+        min_instances: args.min_instances,
+        max_instances: args.max_instances,
+        concurrency: None,
+        idle_timeout_sec: args.idle_timeout_sec,
+        max_queue: args.max_queue,
+    };
+    let path = format!("/functions/{}/scaling", args.name);
+    let info: faas_common::api::FunctionInfo = client
+        .json(client.request(Method::PUT, &path).json(&scaling))
+        .await?;
+    if args.server.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!(
+            "{}: scaling {}",
+            info.name,
+            serde_json::to_string(&info.scaling)?
         );
     }
     Ok(ExitCode::SUCCESS)
