@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod gateway;
+mod ledger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ use faas_blueprint_lib::FaaSContext;
 use faas_platform::{Flags, PlatformConfig};
 
 use crate::gateway::GatewayService;
+use crate::ledger::Ledger;
 
 /// How long the chain may take to answer the first request.
 const CHAIN_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -167,7 +169,25 @@ async fn run(cli: Cli) -> Result<()> {
     let scheme = platform.scheme();
     let tls = platform.tls()?;
     let app = platform.router();
-    let ctx = FaaSContext::new(platform, env.clone());
+    // Where the producer resumes: the block of the last call the jobs got before
+    // a restart (see ledger.rs); the SDK's default otherwise.
+    let resume_file = env
+        .data_dir
+        .join(format!("tangle-resume-block-service-{}", tangle.service_id));
+    let head = client
+        .block_number()
+        .await
+        .context("cannot read the chain's block number")?;
+    let resume = ledger::resume_block(&resume_file, head).await;
+    let producer = match resume {
+        Some(block) => {
+            tracing::info!("resuming service {} from block {block}", tangle.service_id);
+            TangleProducer::from_block(client.clone(), tangle.service_id, block)
+        }
+        None => TangleProducer::new(client.clone(), tangle.service_id),
+    };
+    let ledger = Ledger::new(client.clone(), resume_file, resume.unwrap_or(0));
+    let ctx = FaaSContext::new(platform, env.clone()).with_ledger(std::sync::Arc::new(ledger));
     let node = ctx.clone();
 
     let listener = tokio::net::TcpListener::bind(addr)
@@ -189,7 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
         TangleConfig::new(public_url).with_exit_after_register(env.registration_mode());
     let runner = BlueprintRunner::builder(registration, env)
         .router(faas_blueprint_lib::router(ctx))
-        .producer(TangleProducer::new(client.clone(), tangle.service_id))
+        .producer(producer)
         .consumer(TangleConsumer::new(client))
         .background_service(gateway)
         .run();

@@ -3,7 +3,9 @@
 
 use alloy_primitives::Bytes;
 use blueprint_core::extract::Context;
-use blueprint_tangle_extra::extract::{Caller as ChainCaller, TangleArg, TangleResult};
+use blueprint_tangle_extra::extract::{
+    BlockNumber, CallId, Caller as ChainCaller, ServiceId, TangleArg, TangleResult,
+};
 use faas_auth::{Caller, TenantId};
 use faas_common::{ExecuteFunctionArgs, FunctionDefinition};
 use faas_orchestrator::OrchestratorError;
@@ -38,6 +40,44 @@ pub enum JobError {
     /// invalid definition, payload too large, no capacity, ...).
     #[error("{0}")]
     Platform(#[source] OrchestratorError),
+    /// The call was handed out again (after a restart) but the contract has
+    /// completed it: not run, since a second result would be refused.
+    #[error("call {0} is already answered on chain: not run again")]
+    AlreadyAnswered(u64),
+}
+
+/// Where a call comes from on chain.
+struct OnChain {
+    service_id: u64,
+    call_id: u64,
+    block: u64,
+}
+
+impl OnChain {
+    fn of(
+        ServiceId(service_id): ServiceId,
+        CallId(call_id): CallId,
+        BlockNumber(block): BlockNumber,
+    ) -> Self {
+        OnChain {
+            service_id,
+            call_id,
+            block,
+        }
+    }
+
+    /// `Err(AlreadyAnswered)` when the context's ledger says the call is answered;
+    /// records its block with the ledger either way.
+    async fn check(&self, ctx: &FaaSContext) -> Result<(), JobError> {
+        let Some(ledger) = ctx.ledger() else {
+            return Ok(());
+        };
+        ledger.seen_block(self.block);
+        if ledger.is_answered(self.service_id, self.call_id).await {
+            return Err(JobError::AlreadyAnswered(self.call_id));
+        }
+        Ok(())
+    }
 }
 
 /// The platform caller of a job: a member of the tenant derived from the
@@ -74,6 +114,9 @@ impl From<OrchestratorError> for JobError {
 /// returns `bytes`: the command's stdout.
 pub async fn execute_function(
     Context(ctx): Context<FaaSContext>,
+    service: ServiceId,
+    call: CallId,
+    block: BlockNumber,
     chain: ChainCaller,
     TangleArg((image, command, env_vars, payload)): TangleArg<(
         String,
@@ -83,9 +126,11 @@ pub async fn execute_function(
     )>,
 ) -> Result<TangleResult<Bytes>, JobError> {
     tracing::info!(%image, ?command, "job execute_function");
+    let on_chain = OnChain::of(service, call, block);
     logged(
         "execute_function",
         async {
+            on_chain.check(&ctx).await?;
             let result = ctx
                 .orchestrator()
                 .execute(
@@ -119,15 +164,20 @@ pub async fn execute_function(
 /// `POST /functions` takes it; returns `(string id, uint32 version)`.
 pub async fn deploy_function(
     Context(ctx): Context<FaaSContext>,
+    service: ServiceId,
+    call: CallId,
+    block: BlockNumber,
     chain: ChainCaller,
     TangleArg((definition,)): TangleArg<(Bytes,)>,
 ) -> Result<TangleResult<(String, u32)>, JobError> {
     let def: FunctionDefinition =
         serde_json::from_slice(&definition).map_err(JobError::InvalidDefinition)?;
     tracing::info!(function = %def.name, "job deploy_function");
+    let on_chain = OnChain::of(service, call, block);
     logged(
         "deploy_function",
         async {
+            on_chain.check(&ctx).await?;
             let info = ctx.orchestrator().deploy(&caller_of(chain), def).await?;
             Ok(TangleResult((info.id, info.version)))
         }
@@ -141,13 +191,18 @@ pub async fn deploy_function(
 /// returns `bytes`: the function's response body.
 pub async fn invoke_function(
     Context(ctx): Context<FaaSContext>,
+    service: ServiceId,
+    call: CallId,
+    block: BlockNumber,
     chain: ChainCaller,
     TangleArg((function, payload)): TangleArg<(String, Bytes)>,
 ) -> Result<TangleResult<Bytes>, JobError> {
     tracing::info!(%function, "job invoke_function");
+    let on_chain = OnChain::of(service, call, block);
     logged(
         "invoke_function",
         async {
+            on_chain.check(&ctx).await?;
             let invocation = ctx
                 .orchestrator()
                 .invoke(&caller_of(chain), &function, payload.to_vec())
@@ -162,8 +217,12 @@ pub async fn invoke_function(
 /// submits nothing, so without this line an operator never sees why a call
 /// stays unanswered.
 fn logged<T>(job: &str, result: Result<T, JobError>) -> Result<T, JobError> {
-    if let Err(e) = &result {
-        tracing::warn!(job, error = %e, "job failed: no result is submitted for this call");
+    match &result {
+        Err(e @ JobError::AlreadyAnswered(_)) => tracing::info!(job, "{e}"),
+        Err(e) => {
+            tracing::warn!(job, error = %e, "job failed: no result is submitted for this call")
+        }
+        Ok(_) => {}
     }
     result
 }

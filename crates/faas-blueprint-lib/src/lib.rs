@@ -20,7 +20,7 @@ use blueprint_core::Job;
 use blueprint_router::Router;
 use blueprint_tangle_extra::TangleLayer;
 
-pub use context::FaaSContext;
+pub use context::{ChainLedger, FaaSContext};
 
 /// Job id of [`jobs::execute_function`].
 pub const EXECUTE_FUNCTION: u8 = 0;
