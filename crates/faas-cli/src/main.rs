@@ -40,6 +40,8 @@ enum Command {
     Logs(commands::manage::LogsArgs),
     /// Show a function's instances, queue, scaling and invocation counts.
     Status(commands::manage::StatusArgs),
+    /// Show an asynchronous invocation's state and, when final, its result.
+    Result(commands::invoke::ResultArgs),
     /// Set a function's scaling (min/max instances, idle timeout, queue) without a redeploy.
     Scale(commands::manage::ScaleArgs),
     /// Run a command once in a runtime image with stdin as its input (`POST /execute`).
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
             Command::Logs(a) => commands::manage::logs(a).await,
             Command::Status(a) => commands::manage::status(a).await,
             Command::Scale(a) => commands::manage::scale(a).await,
+            Command::Result(a) => commands::invoke::result(a).await,
             Command::Doctor(a) => commands::doctor::run(a).await,
             Command::Attest { command } => commands::attest::run(command).await,
             Command::Verify(a) => commands::attest::verify(a).await,

@@ -39,6 +39,9 @@ pub struct FunctionInfo {
     /// Its scaling as set (absent fields: the node's defaults).
     #[serde(default)]
     pub scaling: crate::Scaling,
+    /// Retries of a failed asynchronous invocation, if set (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
     /// Bytes of code (and installed dependencies) this version stores.
     #[serde(default)]
     pub stored_bytes: u64,
@@ -323,4 +326,107 @@ pub struct AuditList {
     /// Cursor of the next (older) page, as `?before=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+/// Where an asynchronous invocation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AsyncState {
+    /// Waiting to run (first time, or for its next retry).
+    Queued,
+    /// Running now.
+    Running,
+    /// The function returned a result.
+    Succeeded,
+    /// Every attempt failed: it is in the dead-letter list.
+    Dead,
+}
+
+impl AsyncState {
+    /// Its name in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AsyncState::Queued => "queued",
+            AsyncState::Running => "running",
+            AsyncState::Succeeded => "succeeded",
+            AsyncState::Dead => "dead",
+        }
+    }
+
+    /// Whether it will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, AsyncState::Succeeded | AsyncState::Dead)
+    }
+}
+
+/// `POST /functions/{fn}/async-invoke`: 202, once the request is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncAccepted {
+    /// Its id, for `GET /functions/{fn}/results/{request_id}`.
+    pub request_id: String,
+    /// Its state (`queued`).
+    pub status: AsyncState,
+}
+
+/// What became of a result's callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackStatus {
+    /// The URL the result is posted to.
+    pub url: String,
+    /// `pending`, `delivered` or `failed` (after its retries).
+    pub state: String,
+    /// Deliveries tried.
+    pub attempts: u32,
+    /// Why the last one failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /functions/{fn}/results/{request_id}`, a dead letter, and the body
+/// posted to a callback URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncResult {
+    /// Its id.
+    pub request_id: String,
+    /// The function's name.
+    pub function: String,
+    /// Where it is.
+    pub status: AsyncState,
+    /// Runs so far.
+    pub attempts: u32,
+    /// Retries allowed after the first run.
+    pub max_retries: u32,
+    /// When it was accepted (RFC 3339).
+    pub created_at: String,
+    /// When it succeeded or died (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// When the next attempt is due, while it waits for a retry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The HTTP status the synchronous invoke would have answered (last attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// The response body, base64 (when it succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// Its MIME type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the last attempt printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+    /// The callback, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackStatus>,
+}
+
+/// `GET /functions/{fn}/dead-letters`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterList {
+    /// Invocations that exhausted their retries.
+    pub dead_letters: Vec<AsyncResult>,
 }

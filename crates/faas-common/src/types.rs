@@ -181,6 +181,9 @@ pub struct FunctionDefinition {
     /// wait for one; kept by a redeploy that does not give it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<Scaling>,
+    /// Retries of a failed asynchronous invocation (0-10, default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
 }
 
 /// A function's scaling (`PUT /functions/{fn}/scaling`); absent fields take

@@ -20,6 +20,10 @@ pub const MAX_MIN_INSTANCES: u32 = 100;
 pub const IDLE_TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=86_400;
 /// Most `max_queue`.
 pub const MAX_QUEUE: u32 = 10_000;
+/// Most `max_retries` of asynchronous invocations.
+pub const MAX_RETRIES: u32 = 10;
+/// `max_retries` when a deploy gives none.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
 /// Most environment variables.
 pub const MAX_ENV_VARS: usize = 100;
 /// Most bytes of all environment names and values together.
@@ -64,6 +68,9 @@ pub fn definition(def: &FunctionDefinition) -> Result<Language, DefinitionError>
     }
     if let Some(s) = &def.scaling {
         scaling(s)?;
+    }
+    if def.max_retries.is_some_and(|r| r > MAX_RETRIES) {
+        return Err(bad(format!("max_retries must be at most {MAX_RETRIES}")));
     }
     env(&def.env)?;
     if let Some(network) = &def.network {

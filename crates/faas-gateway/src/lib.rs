@@ -87,6 +87,12 @@ pub fn router(orchestrator: Arc<Orchestrator>, config: GatewayConfig) -> Router 
             post(invoke).layer(DefaultBodyLimit::max(payload_limit)),
         )
         .route(
+            "/functions/{id}/async-invoke",
+            post(invoke_async).layer(DefaultBodyLimit::max(payload_limit)),
+        )
+        .route("/functions/{id}/results/{request_id}", get(async_result))
+        .route("/functions/{id}/dead-letters", get(dead_letters))
+        .route(
             "/execute",
             post(execute).layer(DefaultBodyLimit::max(execute_limit)),
         )
@@ -378,6 +384,63 @@ async fn invoke(
         h.insert(header::CONTENT_TYPE, ct);
     }
     Ok(resp)
+}
+
+/// Where an asynchronous invocation's result goes when final.
+pub const CALLBACK_HEADER: &str = "x-callback-url";
+
+/// `POST /functions/{fn}/async-invoke`: 202 once the request is durable.
+async fn invoke_async(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let payload = body(read)?;
+    let callback = headers
+        .get(CALLBACK_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "X-Callback-Url is not ASCII"))
+        })
+        .transpose()?;
+    let accepted = o
+        .invoke_async(&caller, &id, payload.to_vec(), callback)
+        .await?;
+    let mut resp = (StatusCode::ACCEPTED, Json(&accepted)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&accepted.request_id) {
+        resp.headers_mut().insert(headers::REQUEST_ID, v);
+    }
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("/functions/{id}/results/{}", accepted.request_id))
+    {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn async_result(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path((id, request_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(o.async_result(&caller, &id, &request_id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeadLettersQuery {
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+    Query(q): Query<DeadLettersQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(o.dead_letters(&caller, &id, q.limit.unwrap_or(20)).await?).into_response())
 }
 
 async fn execute(

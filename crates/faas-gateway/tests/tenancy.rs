@@ -354,6 +354,9 @@ async fn tenants_share_names_and_never_see_each_other() {
             ("PUT", format!("/functions/{target}/secrets/TOKEN"), b"v"),
             ("DELETE", format!("/functions/{target}/secrets/TOKEN"), b""),
             ("PUT", format!("/functions/{target}/scaling"), b"{}"),
+            ("POST", format!("/functions/{target}/async-invoke"), b"x"),
+            ("GET", format!("/functions/{target}/results/r-1"), b""),
+            ("GET", format!("/functions/{target}/dead-letters"), b""),
             ("DELETE", format!("/functions/{target}"), b""),
             // The Custom FaaS Platform Spec's routes.
             ("GET", format!("/api/functions/{target}"), b""),

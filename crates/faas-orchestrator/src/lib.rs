@@ -7,12 +7,14 @@
 
 #![forbid(unsafe_code)]
 
+mod async_invoke;
 pub mod attest;
 pub mod code;
 pub mod deps;
 mod error;
 pub mod metrics;
 pub mod pool;
+pub mod queue;
 mod scaling;
 pub mod store;
 pub mod tenancy;
@@ -76,6 +78,13 @@ pub struct OrchestratorConfig {
     pub code_writer_uid: Option<u32>,
     /// Require an API key on every request (off only for local development).
     pub auth: bool,
+    /// Asynchronous invocations running at once.
+    pub async_workers: usize,
+    /// How long final asynchronous results (and dead letters) are kept.
+    pub async_retention: Duration,
+    /// Let callbacks reach loopback, private and link-local addresses (off:
+    /// a tenant's callback URL could otherwise probe the node's network).
+    pub callbacks_allow_private: bool,
 }
 
 impl Default for OrchestratorConfig {
@@ -96,6 +105,9 @@ impl Default for OrchestratorConfig {
             deps_limits: deps::DepsLimits::default(),
             code_writer_uid: None,
             auth: true,
+            async_workers: 8,
+            async_retention: Duration::from_secs(24 * 3600),
+            callbacks_allow_private: false,
         }
     }
 }
@@ -140,6 +152,8 @@ pub struct Invocation {
     pub duration: Duration,
     /// Signature and evidence kind, for functions that require attestation.
     pub proof: Option<attest::Proof>,
+    /// What the function printed.
+    pub logs: String,
 }
 
 /// The sandbox kinds a node offers: a default, and others functions may ask
@@ -212,6 +226,10 @@ pub struct Orchestrator {
     attestation: Option<Arc<attest::NodeAttestation>>,
     /// Per function id: how long its newest instance took to start.
     cold_starts: std::sync::Mutex<HashMap<String, Duration>>,
+    /// Asynchronous invocations.
+    queue: Arc<dyn queue::InvocationQueue>,
+    /// Wakes the async worker when a request arrives.
+    async_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Orchestrator {
@@ -264,6 +282,8 @@ impl Orchestrator {
             config.deps_limits,
         );
         let tenancy = tenancy::Tenancy::open(&config.data_dir, &store, config.auth).await?;
+        let queue: Arc<dyn queue::InvocationQueue> =
+            Arc::new(queue::SqliteQueue::new(store.clone()));
         let orchestrator = Orchestrator {
             tenancy,
             deploys: Semaphore::new(config.concurrent_deploys.max(1)),
@@ -278,6 +298,8 @@ impl Orchestrator {
             stopping: tokio_util::sync::CancellationToken::new(),
             attestation: None,
             cold_starts: Default::default(),
+            queue,
+            async_wake: Default::default(),
         };
         orchestrator.collect_garbage().await;
         Ok(orchestrator)
@@ -714,6 +736,7 @@ impl Orchestrator {
         let dependencies = def.dependencies.clone();
         let env = def.env.clone();
         let name = def.name.clone();
+        let max_retries = def.max_retries;
         let record = self
             .store
             .add_version(
@@ -740,6 +763,7 @@ impl Orchestrator {
                     deps_sha256: deps_sha,
                     stored_bytes,
                     scaling: Default::default(),
+                    max_retries,
                 },
             )
             .await?;
@@ -1051,7 +1075,8 @@ impl Orchestrator {
         let f = self.function(caller, Scope::Invoke, id_or_name).await?;
         self.tenancy.admit_invocation(&caller.tenant)?;
         let this = self.clone();
-        tokio::spawn(async move { this.run(f, payload).await })
+        let request_id = uuid::Uuid::new_v4().to_string();
+        tokio::spawn(async move { this.run(f, payload, request_id).await })
             .await
             .map_err(|e| OrchestratorError::Internal(format!("invocation task: {e}")))?
     }
@@ -1062,10 +1087,10 @@ impl Orchestrator {
         &self,
         f: FunctionVersion,
         payload: Vec<u8>,
+        request_id: String,
     ) -> Result<Invocation, OrchestratorError> {
         let started = Instant::now();
         let started_at = now_rfc3339();
-        let request_id = uuid::Uuid::new_v4().to_string();
         // Attested functions: refuse before any sandbox starts, never fall back.
         let attested_kind = match &f.attestation {
             None => None,
@@ -1084,7 +1109,7 @@ impl Orchestrator {
         let duration = started.elapsed();
         self.record(&f, &request_id, started_at, duration, cold, &result)
             .await;
-        let (body, content_type, _) = result?;
+        let (body, content_type, logs) = result?;
         let proof = match (attested_kind, &self.attestation) {
             (Some(kind), Some(node)) => Some(node.sign(
                 kind,
@@ -1105,6 +1130,7 @@ impl Orchestrator {
             cold_start: cold,
             duration,
             proof,
+            logs,
         })
     }
 

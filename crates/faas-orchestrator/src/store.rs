@@ -79,6 +79,9 @@ pub struct FunctionVersion {
     /// The function's scaling (stored with the function, not the version).
     #[serde(skip)]
     pub scaling: Scaling,
+    /// Retries of a failed asynchronous invocation, if set at deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
 }
 
 impl FunctionVersion {
@@ -98,6 +101,7 @@ impl FunctionVersion {
             attestation: self.attestation.clone(),
             egress: self.egress.clone(),
             scaling: self.scaling,
+            max_retries: self.max_retries,
             stored_bytes: self.stored_bytes,
             created_at: self.created_at.clone(),
         }
@@ -184,6 +188,21 @@ pub const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
     // 3: scaling, per function (not per version: it changes without a deploy).
     "ALTER TABLE functions ADD COLUMN scaling TEXT NOT NULL DEFAULT '{}';",
+    // 4: asynchronous invocations (`queue.rs`): the request, durable before
+    // its 202, then its result until it expires.
+    "CREATE TABLE async_invocations (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        next_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        payload BLOB NOT NULL,
+        callback_url TEXT,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX async_due ON async_invocations (state, next_at);
+    CREATE INDEX async_by_function ON async_invocations (function_id, state);",
 ];
 
 /// A stored version's spec with its function's scaling.
@@ -271,7 +290,7 @@ impl Store {
         })
     }
 
-    async fn with<T: Send + 'static>(
+    pub(crate) async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, OrchestratorError> + Send + 'static,
     ) -> Result<T, OrchestratorError> {
@@ -913,6 +932,7 @@ pub(crate) mod tests {
             deps_sha256: None,
             stored_bytes: 0,
             scaling: Scaling::default(),
+            max_retries: None,
         }
     }
 

@@ -150,6 +150,7 @@ pub async fn build(
     }
     let orchestrator = Arc::new(orchestrator);
     orchestrator.keep_provisioned();
+    orchestrator.start_async_worker();
     Ok(Platform {
         orchestrator,
         config,

@@ -56,6 +56,13 @@ pub struct Flags {
     /// the rest get 429, unless the function sets `max_queue` [default: 64].
     #[arg(long, env = "FAAS_MAX_QUEUE")]
     pub max_queue: Option<usize>,
+    /// Seconds final asynchronous results and dead letters are kept [default: 86400].
+    #[arg(long, env = "FAAS_ASYNC_RETENTION_SEC")]
+    pub async_retention_sec: Option<u64>,
+    /// Let callback URLs reach loopback, private and link-local addresses
+    /// (off: a tenant could probe the node's own network through them).
+    #[arg(long, env = "FAAS_CALLBACKS_ALLOW_PRIVATE")]
+    pub callbacks_allow_private: bool,
     /// Memory all instances may have together, MiB [default: the machine's
     /// memory less a tenth, at least 1 GiB].
     #[arg(long, env = "FAAS_MEMORY_BUDGET_MB")]
@@ -135,6 +142,10 @@ pub struct FileConfig {
     pub max_instances_per_function: Option<usize>,
     /// Invocations that may wait for one function's instances.
     pub max_queue: Option<usize>,
+    /// Seconds final asynchronous results are kept.
+    pub async_retention_sec: Option<u64>,
+    /// Callbacks may reach private addresses.
+    pub callbacks_allow_private: Option<bool>,
     /// Memory of all instances together, MiB.
     pub memory_budget_mb: Option<u64>,
     /// Memory limit when a deploy gives none.
@@ -484,6 +495,13 @@ impl PlatformConfig {
                 .max_queue
                 .or(file.max_queue)
                 .unwrap_or(defaults.max_queue),
+            async_retention: flags
+                .async_retention_sec
+                .or(file.async_retention_sec)
+                .map_or(defaults.async_retention, Duration::from_secs),
+            callbacks_allow_private: flags.callbacks_allow_private
+                || file.callbacks_allow_private.unwrap_or(false),
+            async_workers: defaults.async_workers,
             memory_budget_mb: flags
                 .memory_budget_mb
                 .or(file.memory_budget_mb)

@@ -62,6 +62,9 @@ pub struct DeployArgs {
     /// Invocations that may wait when every instance is busy; beyond, 429.
     #[arg(long)]
     max_queue: Option<u32>,
+    /// Retries of a failed asynchronous invocation (0-10) [default: 2].
+    #[arg(long)]
+    max_retries: Option<u32>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -124,6 +127,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
             };
             (s != faas_common::Scaling::default()).then_some(s)
         },
+        max_retries: args.max_retries,
     };
     let client = Client::new(&args.server)?;
     let info: FunctionInfo = client

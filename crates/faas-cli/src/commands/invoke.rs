@@ -1,4 +1,4 @@
-//! `faas invoke` and `faas exec`.
+//! `faas invoke` (also `--async`), `faas result` and `faas exec`.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -24,8 +24,78 @@ pub struct InvokeArgs {
     /// Payload read from a file; `-` reads stdin.
     #[arg(long, short = 'f')]
     data_file: Option<PathBuf>,
+    /// Run in the background: print the request id once the request is
+    /// durable (see `faas result`).
+    #[arg(long = "async")]
+    run_async: bool,
+    /// With --async: POST the result to this URL when it is final.
+    #[arg(long, requires = "run_async")]
+    callback_url: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+/// `faas result` flags.
+#[derive(Args)]
+pub struct ResultArgs {
+    /// Function name or id.
+    name: String,
+    /// The request id `faas invoke --async` printed.
+    request_id: String,
+    /// Wait until the result is final (up to this many seconds).
+    #[arg(long, value_name = "SECS")]
+    wait: Option<u64>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Show an asynchronous invocation: its state, and when final, its response
+/// (printed as `faas invoke` prints one) or its error; exit 1 when it died.
+pub async fn result(args: ResultArgs) -> Result<ExitCode> {
+    use faas_common::api::{AsyncResult, AsyncState};
+    let client = Client::new(&args.server)?;
+    let path = format!("/functions/{}/results/{}", args.name, args.request_id);
+    let deadline = args
+        .wait
+        .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+    let r: AsyncResult = loop {
+        let r: AsyncResult = client.json(client.request(Method::GET, &path)).await?;
+        match deadline {
+            Some(d) if !r.status.is_final() && std::time::Instant::now() < d => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            _ => break r,
+        }
+    };
+    if args.server.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        match r.status {
+            AsyncState::Succeeded => {
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(r.body_base64.as_deref().unwrap_or_default())
+                    .context("the result's body is not base64")?;
+                std::io::stdout().write_all(&body)?;
+                if !body.ends_with(b"\n") {
+                    println!();
+                }
+            }
+            AsyncState::Dead => {
+                eprintln!(
+                    "faas: {} failed after {} attempt(s): {}",
+                    r.request_id,
+                    r.attempts,
+                    r.error.as_deref().unwrap_or("unknown error")
+                );
+            }
+            state => println!("{} (attempts so far: {})", state.as_str(), r.attempts),
+        }
+    }
+    Ok(if r.status == AsyncState::Dead {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn read_payload(data: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> {
@@ -49,6 +119,20 @@ fn read_payload(data: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>> 
 pub async fn run(args: InvokeArgs) -> Result<ExitCode> {
     let payload = read_payload(args.data, args.data_file)?;
     let client = Client::new(&args.server)?;
+    if args.run_async {
+        let path = format!("/functions/{}/async-invoke", args.name);
+        let mut req = client.request(Method::POST, &path).body(payload);
+        if let Some(url) = &args.callback_url {
+            req = req.header("x-callback-url", url);
+        }
+        let accepted: faas_common::api::AsyncAccepted = client.json(req).await?;
+        if args.server.json {
+            println!("{}", serde_json::to_string_pretty(&accepted)?);
+        } else {
+            println!("{}", accepted.request_id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = format!("/functions/{}/invoke", args.name);
     let resp = client
         .send(client.request(Method::POST, &path).body(payload))
