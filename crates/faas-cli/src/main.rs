@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::jobs::JobsCommand,
     },
+    /// Cron schedules that invoke a function asynchronously.
+    Schedule {
+        #[command(subcommand)]
+        command: commands::schedule::ScheduleCommand,
+    },
     /// A function's secrets (environment variables, encrypted at rest).
     Secrets {
         #[command(subcommand)]
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
             Command::Verify(a) => commands::attest::verify(a).await,
             Command::Jobs { command } => commands::jobs::run(command).await,
             Command::Secrets { command } => commands::secrets::run(command).await,
+            Command::Schedule { command } => commands::schedule::run(command).await,
             Command::Admin { command } => commands::admin::run(command).await,
             Command::Images { command } => commands::images::run(command).await,
         }

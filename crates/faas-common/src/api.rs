@@ -422,6 +422,38 @@ pub struct AsyncResult {
     /// The callback, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackStatus>,
+    /// For a scheduled invocation: its schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// For a scheduled invocation: the tick it is for (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<String>,
+}
+
+/// A function's schedule (`/functions/{fn}/schedules`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    /// Its id.
+    pub id: String,
+    /// The cron expression (UTC).
+    pub cron: String,
+    /// The payload of each invocation.
+    pub payload: serde_json::Value,
+    /// When it was added (RFC 3339).
+    pub created_at: String,
+    /// The last tick that fired (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired_at: Option<String>,
+    /// The next tick (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_at: Option<String>,
+}
+
+/// `GET /functions/{fn}/schedules`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleList {
+    /// The function's schedules, oldest first.
+    pub schedules: Vec<ScheduleInfo>,
 }
 
 /// `GET /functions/{fn}/dead-letters`: newest first.

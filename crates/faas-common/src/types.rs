@@ -184,6 +184,22 @@ pub struct FunctionDefinition {
     /// Retries of a failed asynchronous invocation (0-10, default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// Cron schedules that invoke it asynchronously; given, they replace the
+    /// function's; absent, a redeploy keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Vec<ScheduleSpec>>,
+}
+
+/// A cron schedule: on each tick, an asynchronous invocation with `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Five fields (minute hour day-of-month month day-of-week), or six with
+    /// seconds first; UTC.
+    pub cron: String,
+    /// The payload of each invocation (JSON).
+    #[serde(default)]
+    pub payload: serde_json::Value,
 }
 
 /// A function's scaling (`PUT /functions/{fn}/scaling`); absent fields take

@@ -93,6 +93,16 @@ pub fn router(orchestrator: Arc<Orchestrator>, config: GatewayConfig) -> Router 
         .route("/functions/{id}/results/{request_id}", get(async_result))
         .route("/functions/{id}/dead-letters", get(dead_letters))
         .route(
+            "/functions/{id}/schedules",
+            get(list_schedules)
+                .post(add_schedule)
+                .layer(DefaultBodyLimit::max(128 * 1024)),
+        )
+        .route(
+            "/functions/{id}/schedules/{schedule_id}",
+            delete(remove_schedule),
+        )
+        .route(
             "/execute",
             post(execute).layer(DefaultBodyLimit::max(execute_limit)),
         )
@@ -441,6 +451,34 @@ async fn dead_letters(
     Query(q): Query<DeadLettersQuery>,
 ) -> Result<Response, ApiError> {
     Ok(Json(o.dead_letters(&caller, &id, q.limit.unwrap_or(20)).await?).into_response())
+}
+
+async fn list_schedules(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(o.schedules(&caller, &id).await?).into_response())
+}
+
+async fn add_schedule(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+    read: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let spec: faas_common::ScheduleSpec = parse_json(&body(read)?)?;
+    let made = o.add_schedule(&caller, &id, spec).await?;
+    Ok((StatusCode::CREATED, Json(made)).into_response())
+}
+
+async fn remove_schedule(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path((id, schedule_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    o.remove_schedule(&caller, &id, &schedule_id).await?;
+    Ok(Json(json!({"function": id, "removed": schedule_id})).into_response())
 }
 
 async fn execute(

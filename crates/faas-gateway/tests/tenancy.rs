@@ -357,6 +357,17 @@ async fn tenants_share_names_and_never_see_each_other() {
             ("POST", format!("/functions/{target}/async-invoke"), b"x"),
             ("GET", format!("/functions/{target}/results/r-1"), b""),
             ("GET", format!("/functions/{target}/dead-letters"), b""),
+            ("GET", format!("/functions/{target}/schedules"), b""),
+            (
+                "POST",
+                format!("/functions/{target}/schedules"),
+                br#"{"cron":"* * * * *"}"#,
+            ),
+            (
+                "DELETE",
+                format!("/functions/{target}/schedules/sch-1"),
+                b"",
+            ),
             ("DELETE", format!("/functions/{target}"), b""),
             // The Custom FaaS Platform Spec's routes.
             ("GET", format!("/api/functions/{target}"), b""),

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use faas_auth::{Caller, Scope};
 use faas_common::api::{AsyncAccepted, AsyncResult, AsyncState, CallbackStatus, DeadLetterList};
@@ -28,13 +28,10 @@ const CALLBACK_ATTEMPTS: u32 = 4;
 /// One callback delivery's time limit.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::unix_ms as now_ms;
 
-fn rfc3339_at(ms: i64) -> String {
+/// `ms` since the Unix epoch as RFC 3339.
+pub(crate) fn rfc3339_at(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -167,6 +164,8 @@ impl Orchestrator {
                 attempts: 0,
                 error: None,
             }),
+            schedule_id: None,
+            scheduled_for: None,
         };
         self.queue
             .enqueue(QueuedInvocation {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pool;
 pub mod queue;
 mod scaling;
+mod schedule;
 pub mod store;
 pub mod tenancy;
 
@@ -737,13 +738,21 @@ impl Orchestrator {
         let env = def.env.clone();
         let name = def.name.clone();
         let max_retries = def.max_retries;
+        let schedules = def
+            .schedules
+            .as_deref()
+            .map(schedule::checked)
+            .transpose()?;
         let record = self
             .store
             .add_version(
                 tenant.clone(),
                 def.name.clone(),
                 create_only,
-                def.scaling,
+                store::FunctionSettings {
+                    scaling: def.scaling,
+                    schedules,
+                },
                 move |id, version| FunctionVersion {
                     id: id.to_string(),
                     tenant,
@@ -1550,6 +1559,13 @@ fn parse_tenant(tenant: &str) -> Result<TenantId, OrchestratorError> {
 }
 
 /// Now as RFC 3339 with second precision.
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }

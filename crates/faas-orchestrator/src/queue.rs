@@ -322,6 +322,8 @@ mod tests {
             error: None,
             logs: None,
             callback: None,
+            schedule_id: None,
+            scheduled_for: None,
         }
     }
 
@@ -334,7 +336,7 @@ mod tests {
                 TenantId::default_tenant(),
                 "f".into(),
                 false,
-                None,
+                Default::default(),
                 |id, v| crate::store::tests::version_of(id, v, "a"),
             )
             .await

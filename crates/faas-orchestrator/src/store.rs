@@ -203,7 +203,47 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX async_due ON async_invocations (state, next_at);
     CREATE INDEX async_by_function ON async_invocations (function_id, state);",
+    // 5: cron schedules, per function; `last_fire_ms` is the last tick that
+    // fired, so a restart after downtime fires a missed tick once.
+    "CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        function_id TEXT NOT NULL REFERENCES functions(id) ON DELETE CASCADE,
+        cron TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        last_fire_ms INTEGER
+    );
+    CREATE INDEX schedules_by_function ON schedules (function_id);",
 ];
+
+/// A stored cron schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSchedule {
+    /// Its id.
+    pub id: String,
+    /// The tenant of its function.
+    pub tenant: TenantId,
+    /// The function's id.
+    pub function_id: String,
+    /// The cron expression.
+    pub cron: String,
+    /// The payload, JSON text.
+    pub payload: String,
+    /// When it was added, Unix ms.
+    pub created_ms: i64,
+    /// The last tick that fired, Unix ms.
+    pub last_fire_ms: Option<i64>,
+}
+
+/// What a deploy sets besides the version: `None` keeps what the function has.
+#[derive(Debug, Clone, Default)]
+pub struct FunctionSettings {
+    /// Its scaling.
+    pub scaling: Option<Scaling>,
+    /// Its schedules (id, cron, payload JSON), replacing the old ones.
+    pub schedules: Option<Vec<(String, String, String)>>,
+}
 
 /// A stored version's spec with its function's scaling.
 fn version_with(spec: &str, scaling: &str) -> Result<FunctionVersion, OrchestratorError> {
@@ -312,7 +352,7 @@ impl Store {
         tenant: TenantId,
         name: String,
         create_only: bool,
-        scaling: Option<Scaling>,
+        settings: FunctionSettings,
         make: impl FnOnce(&str, u32) -> FunctionVersion + Send + 'static,
     ) -> Result<FunctionVersion, OrchestratorError> {
         self.with(move |conn| {
@@ -350,11 +390,21 @@ impl Store {
                 "INSERT INTO versions (function_id, version, spec) VALUES (?1, ?2, ?3)",
                 params![id, version, serde_json::to_string(&record)?],
             )?;
-            if let Some(scaling) = scaling {
+            if let Some(scaling) = settings.scaling {
                 tx.execute(
                     "UPDATE functions SET scaling = ?2 WHERE id = ?1",
                     params![id, serde_json::to_string(&scaling)?],
                 )?;
+            }
+            if let Some(schedules) = settings.schedules {
+                tx.execute("DELETE FROM schedules WHERE function_id = ?1", [&id])?;
+                for (sid, cron, payload) in schedules {
+                    tx.execute(
+                        "INSERT INTO schedules (id, tenant, function_id, cron, payload, created_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![sid, tenant.as_str(), id, cron, payload, crate::unix_ms()],
+                    )?;
+                }
             }
             record.scaling = tx.query_row(
                 "SELECT scaling FROM functions WHERE id = ?1",
@@ -421,6 +471,112 @@ impl Store {
                 out.push(version_with(&spec, &scaling)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Every schedule (`function_id`: of that function only), oldest first.
+    pub async fn schedules(
+        &self,
+        function_id: Option<&str>,
+    ) -> Result<Vec<StoredSchedule>, OrchestratorError> {
+        let function_id = function_id.map(str::to_string);
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, tenant, function_id, cron, payload, created_ms, last_fire_ms
+                 FROM schedules WHERE (?1 IS NULL OR function_id = ?1) ORDER BY created_ms, rowid",
+            )?;
+            let rows = stmt.query_map([function_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, tenant, function_id, cron, payload, created_ms, last_fire_ms) = row?;
+                out.push(StoredSchedule {
+                    id,
+                    tenant: TenantId::try_from(tenant)
+                        .map_err(|e| OrchestratorError::Internal(format!("stored tenant: {e}")))?,
+                    function_id,
+                    cron,
+                    payload,
+                    created_ms,
+                    last_fire_ms,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Add one schedule to a function, at most `max` per function.
+    pub async fn add_schedule(
+        &self,
+        schedule: StoredSchedule,
+        max: usize,
+    ) -> Result<(), OrchestratorError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let n: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM schedules WHERE function_id = ?1",
+                [&schedule.function_id],
+                |r| r.get(0),
+            )?;
+            if n as usize >= max {
+                return Err(OrchestratorError::QuotaExceeded(format!(
+                    "the function has {max} schedules, the most it may have"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO schedules (id, tenant, function_id, cron, payload, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    schedule.id,
+                    schedule.tenant.as_str(),
+                    schedule.function_id,
+                    schedule.cron,
+                    schedule.payload,
+                    schedule.created_ms
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remove a function's schedule; whether it existed.
+    pub async fn remove_schedule(
+        &self,
+        function_id: &str,
+        id: &str,
+    ) -> Result<bool, OrchestratorError> {
+        let (function_id, id) = (function_id.to_string(), id.to_string());
+        self.with(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM schedules WHERE id = ?1 AND function_id = ?2",
+                params![id, function_id],
+            )? > 0)
+        })
+        .await
+    }
+
+    /// Record that a schedule's tick `at_ms` fired.
+    pub async fn schedule_fired(&self, id: &str, at_ms: i64) -> Result<(), OrchestratorError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE schedules SET last_fire_ms = ?2 WHERE id = ?1",
+                params![id, at_ms],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -1013,9 +1169,13 @@ pub(crate) mod tests {
         let mut id = String::new();
         for n in 1..=7 {
             let v = store
-                .add_version(default(), "f".into(), false, None, move |id, version| {
-                    version_of(id, version, &format!("code{n}"))
-                })
+                .add_version(
+                    default(),
+                    "f".into(),
+                    false,
+                    FunctionSettings::default(),
+                    move |id, version| version_of(id, version, &format!("code{n}")),
+                )
                 .await
                 .unwrap();
             assert_eq!(v.version, n);
@@ -1050,16 +1210,24 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let made = store
-            .add_version(default(), "f".into(), true, None, |id, v| {
-                version_of(id, v, "a")
-            })
+            .add_version(
+                default(),
+                "f".into(),
+                true,
+                FunctionSettings::default(),
+                |id, v| version_of(id, v, "a"),
+            )
             .await
             .unwrap();
         assert_eq!(made.version, 1);
         let again = store
-            .add_version(default(), "f".into(), true, None, |id, v| {
-                version_of(id, v, "b")
-            })
+            .add_version(
+                default(),
+                "f".into(),
+                true,
+                FunctionSettings::default(),
+                |id, v| version_of(id, v, "b"),
+            )
             .await;
         assert!(
             matches!(again, Err(OrchestratorError::Conflict(_))),
@@ -1075,18 +1243,26 @@ pub(crate) mod tests {
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         let other = TenantId::try_from("other".to_string()).unwrap();
         let mine = store
-            .add_version(default(), "f".into(), false, None, |id, v| {
-                version_of(id, v, "a")
-            })
+            .add_version(
+                default(),
+                "f".into(),
+                false,
+                FunctionSettings::default(),
+                |id, v| version_of(id, v, "a"),
+            )
             .await
             .unwrap();
         let theirs = store
-            .add_version(other.clone(), "f".into(), false, None, move |id, v| {
-                FunctionVersion {
+            .add_version(
+                other.clone(),
+                "f".into(),
+                false,
+                FunctionSettings::default(),
+                move |id, v| FunctionVersion {
                     tenant: TenantId::try_from("other".to_string()).unwrap(),
                     ..version_of(id, v, "b")
-                }
-            })
+                },
+            )
             .await
             .unwrap();
         assert_ne!(mine.id, theirs.id);

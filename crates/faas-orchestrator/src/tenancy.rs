@@ -535,7 +535,7 @@ mod tests {
                 TenantId::default_tenant(),
                 "f".into(),
                 false,
-                None,
+                Default::default(),
                 |id, v| crate::store::tests::version_of(id, v, "c"),
             )
             .await

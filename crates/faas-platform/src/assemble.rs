@@ -151,6 +151,7 @@ pub async fn build(
     let orchestrator = Arc::new(orchestrator);
     orchestrator.keep_provisioned();
     orchestrator.start_async_worker();
+    orchestrator.start_scheduler();
     Ok(Platform {
         orchestrator,
         config,

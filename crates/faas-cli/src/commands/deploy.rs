@@ -128,6 +128,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
             (s != faas_common::Scaling::default()).then_some(s)
         },
         max_retries: args.max_retries,
+        schedules: None,
     };
     let client = Client::new(&args.server)?;
     let info: FunctionInfo = client

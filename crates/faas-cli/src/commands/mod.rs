@@ -8,5 +8,6 @@ pub mod images;
 pub mod invoke;
 pub mod jobs;
 pub mod manage;
+pub mod schedule;
 pub mod secrets;
 pub mod serve;
