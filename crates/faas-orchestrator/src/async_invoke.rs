@@ -140,7 +140,9 @@ impl Orchestrator {
         }
         let f = self.function(caller, Scope::Invoke, id_or_name).await?;
         // Counted against the tenant's rate when accepted, as a call is.
-        self.tenancy.admit_invocation(&caller.tenant)?;
+        self.tenancy
+            .admit_invocation(&caller.tenant)
+            .inspect_err(|_| self.metrics.reject("rate_limited"))?;
         let request_id = uuid::Uuid::new_v4().to_string();
         let record = AsyncResult {
             request_id: request_id.clone(),
@@ -256,6 +258,12 @@ impl Orchestrator {
                         tracing::warn!("cannot purge expired results: {e}");
                     }
                 }
+                match this.queue.backlog().await {
+                    Ok(n) => {
+                        this.metrics.async_backlog.set(n as i64);
+                    }
+                    Err(e) => tracing::warn!("cannot count the async backlog: {e}"),
+                }
                 let free = slots.available_permits();
                 if free > 0 {
                     match this.queue.claim_due(now_ms(), free).await {
@@ -302,11 +310,13 @@ impl Orchestrator {
                 let this = self.clone();
                 let id = id.clone();
                 // A task of its own, as a synchronous call runs.
-                tokio::spawn(async move { this.run(f, payload, id).await })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(OrchestratorError::Internal(format!("attempt task: {e}")))
-                    })
+                let span = crate::invocation_span(&f, &id);
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move { this.run(f, payload, id).await },
+                    span,
+                ))
+                .await
+                .unwrap_or_else(|e| Err(OrchestratorError::Internal(format!("attempt task: {e}"))))
             }
             Err(e) => Err(e),
         };
@@ -337,11 +347,13 @@ impl Orchestrator {
                     _ => None,
                 };
                 if retryable(&e) && record.attempts <= record.max_retries {
+                    self.metrics.async_retries.inc();
                     let at = now + backoff(record.attempts).as_millis() as i64;
                     record.status = AsyncState::Queued;
                     record.next_attempt_at = Some(rfc3339_at(at));
                     (at, None)
                 } else {
+                    self.metrics.async_dead_letters.inc();
                     record.status = AsyncState::Dead;
                     record.finished_at = Some(now_rfc3339());
                     tracing::warn!(%tenant, function = %record.function, request_id = %id, attempts = record.attempts, "async invocation dead-lettered: {e}");

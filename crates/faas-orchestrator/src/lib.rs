@@ -1082,12 +1082,18 @@ impl Orchestrator {
             )));
         }
         let f = self.function(caller, Scope::Invoke, id_or_name).await?;
-        self.tenancy.admit_invocation(&caller.tenant)?;
+        self.tenancy
+            .admit_invocation(&caller.tenant)
+            .inspect_err(|_| self.metrics.reject("rate_limited"))?;
         let this = self.clone();
         let request_id = uuid::Uuid::new_v4().to_string();
-        tokio::spawn(async move { this.run(f, payload, request_id).await })
-            .await
-            .map_err(|e| OrchestratorError::Internal(format!("invocation task: {e}")))?
+        let span = invocation_span(&f, &request_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { this.run(f, payload, request_id).await },
+            span,
+        ))
+        .await
+        .map_err(|e| OrchestratorError::Internal(format!("invocation task: {e}")))?
     }
 
     /// One invocation: admit, acquire an instance, call it, settle the
@@ -1186,6 +1192,16 @@ impl Orchestrator {
                 .lock()
                 .expect("cold starts lock")
                 .insert(f.id.clone(), lease.start_time);
+            // Warm-ups and provisioning name their leases `warm-...`.
+            let kind = if request_id.starts_with("warm-") {
+                "ahead"
+            } else {
+                "on_demand"
+            };
+            self.metrics
+                .instance_start
+                .get_or_create(&metrics::StartLabels { kind: kind.into() })
+                .observe(lease.start_time.as_secs_f64());
             let labels = FunctionLabels {
                 tenant: f.tenant.to_string(),
                 function: f.name.clone(),
@@ -1330,6 +1346,12 @@ impl Orchestrator {
     }
 
     fn acquire_failure(&self, request_id: &str, e: AcquireError) -> OrchestratorError {
+        match &e {
+            AcquireError::Saturated(_) => self.metrics.reject("no_capacity"),
+            AcquireError::TenantFull(_) => self.metrics.reject("tenant_quota"),
+            AcquireError::QueueFull(_) => self.metrics.reject("queue_full"),
+            AcquireError::Closed | AcquireError::Start(_) => {}
+        }
         match e {
             AcquireError::Saturated(why) => {
                 OrchestratorError::Overloaded(format!("{why}; retry later"))
@@ -1358,7 +1380,9 @@ impl Orchestrator {
     ) -> Result<InvocationResult, OrchestratorError> {
         // Running an arbitrary command is as much as deploying code.
         self.require(caller, Scope::Deploy)?;
-        self.tenancy.admit_invocation(&caller.tenant)?;
+        self.tenancy
+            .admit_invocation(&caller.tenant)
+            .inspect_err(|_| self.metrics.reject("rate_limited"))?;
         if args.payload.len() > self.config.max_payload_bytes {
             return Err(OrchestratorError::TooLarge(format!(
                 "payload of {} bytes exceeds the {} byte limit",
@@ -1559,6 +1583,12 @@ fn parse_tenant(tenant: &str) -> Result<TenantId, OrchestratorError> {
 }
 
 /// Now as RFC 3339 with second precision.
+/// The span every log line of one invocation is written in: its request id
+/// and function on each line.
+pub(crate) fn invocation_span(f: &FunctionVersion, request_id: &str) -> tracing::Span {
+    tracing::info_span!("invocation", request_id = %request_id, tenant = %f.tenant, function = %f.name)
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn unix_ms() -> i64 {
     SystemTime::now()

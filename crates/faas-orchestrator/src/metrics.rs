@@ -50,7 +50,39 @@ pub struct Metrics {
     pub live_instances: Gauge,
     /// Instances idle and ready now.
     pub warm_instances: Gauge,
+    /// Instances being started now.
+    pub starting_instances: Gauge,
+    /// Invocations waiting for a busy function's instance now.
+    pub queued_invocations: Gauge,
+    /// Invocations turned away, by reason.
+    pub rejections: Family<ReasonLabels, Counter>,
+    /// Time to start an instance, by why it started: `on_demand` (a call
+    /// found none idle) or `ahead` (warm, `min_instances`).
+    pub instance_start: Family<StartLabels, Histogram, fn() -> Histogram>,
+    /// Asynchronous invocations accepted and not final.
+    pub async_backlog: Gauge,
+    /// Asynchronous attempts that failed and will be retried.
+    pub async_retries: Counter,
+    /// Asynchronous invocations that exhausted their retries.
+    pub async_dead_letters: Counter,
+    /// Schedule ticks that queued an invocation.
+    pub schedule_ticks: Counter,
     attestation: Family<AttestationLabels, Gauge>,
+}
+
+/// Why an invocation was turned away.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `queue_full` (429), `tenant_quota` (429), `rate_limited` (429),
+    /// `no_capacity` (503).
+    pub reason: String,
+}
+
+/// Why an instance started.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabels {
+    /// `on_demand` or `ahead`.
+    pub kind: String,
 }
 
 /// Labels of the node's attestation state.
@@ -102,6 +134,54 @@ impl Metrics {
             "Sandbox instances idle and ready",
             warm_instances.clone(),
         );
+        let starting_instances = Gauge::default();
+        registry.register(
+            "starting_instances",
+            "Sandbox instances being started",
+            starting_instances.clone(),
+        );
+        let queued_invocations = Gauge::default();
+        registry.register(
+            "queued_invocations",
+            "Invocations waiting for an instance of a function whose instances are all busy",
+            queued_invocations.clone(),
+        );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejections",
+            "Invocations turned away, by reason",
+            rejections.clone(),
+        );
+        let instance_start = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "instance_start_seconds",
+            "Time to start an instance, by why it started (on_demand, ahead)",
+            instance_start.clone(),
+        );
+        let async_backlog = Gauge::default();
+        registry.register(
+            "async_backlog",
+            "Asynchronous invocations accepted and not final",
+            async_backlog.clone(),
+        );
+        let async_retries = Counter::default();
+        registry.register(
+            "async_retries",
+            "Asynchronous attempts that failed and were scheduled again",
+            async_retries.clone(),
+        );
+        let async_dead_letters = Counter::default();
+        registry.register(
+            "async_dead_letters",
+            "Asynchronous invocations that exhausted their retries",
+            async_dead_letters.clone(),
+        );
+        let schedule_ticks = Counter::default();
+        registry.register(
+            "schedule_ticks",
+            "Schedule ticks that queued an invocation",
+            schedule_ticks.clone(),
+        );
         let info = Family::<ExecutorLabels, Gauge>::default();
         for executor in executors {
             info.get_or_create(&ExecutorLabels {
@@ -124,6 +204,14 @@ impl Metrics {
             cold_start_duration,
             live_instances,
             warm_instances,
+            starting_instances,
+            queued_invocations,
+            rejections,
+            instance_start,
+            async_backlog,
+            async_retries,
+            async_dead_letters,
+            schedule_ticks,
             attestation,
         }
     }
@@ -138,6 +226,15 @@ impl Metrics {
                 hardware: hardware.to_string(),
             })
             .set(i64::from(ok));
+    }
+
+    /// Count an invocation turned away for `reason`.
+    pub fn reject(&self, reason: &str) {
+        self.rejections
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Prometheus text exposition.

@@ -121,19 +121,28 @@ struct FunctionShare {
     released: Arc<Notify>,
 }
 
-/// Counts one caller or start in a function's gauge while alive.
-struct Gauge(Arc<std::sync::atomic::AtomicUsize>);
+/// Counts one caller or start in a function's gauge, and the node's
+/// exported one, while alive.
+struct Gauge(
+    Arc<std::sync::atomic::AtomicUsize>,
+    prometheus_client::metrics::gauge::Gauge,
+);
 
 impl Gauge {
-    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Gauge {
+    fn enter(
+        counter: &Arc<std::sync::atomic::AtomicUsize>,
+        exported: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Gauge {
         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Gauge(counter.clone())
+        exported.inc();
+        Gauge(counter.clone(), exported.clone())
     }
 }
 
 impl Drop for Gauge {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.1.dec();
     }
 }
 
@@ -296,7 +305,7 @@ impl Pool {
                         limits.max_instances, limits.max_queue
                     )));
                 }
-                queued = Some(Gauge::enter(&waiting));
+                queued = Some(Gauge::enter(&waiting, &self.metrics.queued_invocations));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(AcquireError::Saturated(format!(
@@ -324,7 +333,7 @@ impl Pool {
         };
         let epoch = self.epoch(&key.function_id);
         let started = Instant::now();
-        let _starting = Gauge::enter(&starting);
+        let _starting = Gauge::enter(&starting, &self.metrics.starting_instances);
         let start = tokio::select! {
             started = sandbox.start(spec()) => started,
             // Shutdown does not wait for boots: dropping the start removes

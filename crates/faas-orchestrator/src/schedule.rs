@@ -267,6 +267,7 @@ impl Orchestrator {
                 })
                 .await?;
             self.async_wake.notify_one();
+            self.metrics.schedule_ticks.inc();
             tracing::info!(tenant = %s.tenant, function = %f.name, schedule = %s.id, %request_id, "schedule fired");
         }
         self.store.schedule_fired(&s.id, tick).await

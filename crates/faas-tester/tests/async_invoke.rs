@@ -130,6 +130,22 @@ async fn results_retries_and_dead_letters() {
             .unwrap()
             .is_empty()
     );
+    let metrics = s
+        .http()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("faas_async_retries_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("faas_async_dead_letters_total 1"),
+        "{metrics}"
+    );
+    // The failed attempts' log lines name their request.
+    assert!(s.log().contains(&format!("request_id={id}")), "{}", s.log());
 
     // Bad requests: a clear error, nothing queued.
     let resp = s

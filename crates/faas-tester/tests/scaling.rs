@@ -180,6 +180,26 @@ async fn a_full_queue_is_429_and_a_burst_leaves_the_node_serving() {
     let v = s.get("/functions/narrow/status").await.1;
     assert_eq!(v["queued"], 0, "{v}");
     assert!(warm(&v) <= 2, "never more than max_instances: {v}");
+    let metrics = s
+        .http()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("faas_rejections_total{reason=\"queue_full\"}"))
+        .unwrap_or_else(|| panic!("no queue_full rejections in:\n{metrics}"));
+    let counted: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(counted as usize, busy.len(), "{line}");
+    assert!(metrics.contains("faas_queued_invocations 0"), "{metrics}");
+    assert!(
+        metrics.contains("faas_instance_start_seconds_count{kind=\"ahead\"}"),
+        "{metrics}"
+    );
     let rss_after = s.server_rss_kb();
     assert!(
         rss_after < rss_before + 64 * 1024,
