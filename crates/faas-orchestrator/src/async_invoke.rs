@@ -139,6 +139,19 @@ impl Orchestrator {
             check_callback(url)?;
         }
         let f = self.function(caller, Scope::Invoke, id_or_name).await?;
+        // Each waiting request holds its payload on disk: a tenant may not
+        // queue without bound.
+        let pending = self.queue.pending_of(&caller.tenant).await?;
+        if pending >= self.config.max_async_pending {
+            self.metrics.reject("async_backlog");
+            return Err(OrchestratorError::Busy {
+                message: format!(
+                    "tenant {} already has {pending} asynchronous invocations waiting, the most it may have; retry later",
+                    caller.tenant
+                ),
+                retry_after: 5,
+            });
+        }
         // Counted against the tenant's rate when accepted, as a call is.
         self.tenancy
             .admit_invocation(&caller.tenant)

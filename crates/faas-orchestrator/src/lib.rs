@@ -81,6 +81,9 @@ pub struct OrchestratorConfig {
     pub auth: bool,
     /// Asynchronous invocations running at once.
     pub async_workers: usize,
+    /// Asynchronous invocations one tenant may have waiting (each holds its
+    /// payload on disk); beyond, 429.
+    pub max_async_pending: usize,
     /// How long final asynchronous results (and dead letters) are kept.
     pub async_retention: Duration,
     /// Let callbacks reach loopback, private and link-local addresses (off:
@@ -107,6 +110,7 @@ impl Default for OrchestratorConfig {
             code_writer_uid: None,
             auth: true,
             async_workers: 8,
+            max_async_pending: 1000,
             async_retention: Duration::from_secs(24 * 3600),
             callbacks_allow_private: false,
         }

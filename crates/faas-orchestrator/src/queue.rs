@@ -79,6 +79,8 @@ pub trait InvocationQueue: Send + Sync {
     fn purge(&self, now_ms: i64) -> QueueFuture<'_, usize>;
     /// Requests waiting (queued or running), every function's.
     fn backlog(&self) -> QueueFuture<'_, usize>;
+    /// Requests of `tenant` waiting (queued or running).
+    fn pending_of(&self, tenant: &TenantId) -> QueueFuture<'_, usize>;
 }
 
 /// [`InvocationQueue`] in the node's SQLite state database.
@@ -291,6 +293,18 @@ impl InvocationQueue for SqliteQueue {
         }))
     }
 
+    fn pending_of(&self, tenant: &TenantId) -> QueueFuture<'_, usize> {
+        let tenant = tenant.clone();
+        Box::pin(self.store.with(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM async_invocations
+                 WHERE tenant = ?1 AND state IN ('queued', 'running')",
+                [tenant.as_str()],
+                |r| r.get::<_, i64>(0),
+            )? as usize)
+        }))
+    }
+
     fn backlog(&self) -> QueueFuture<'_, usize> {
         Box::pin(self.store.with(move |conn| {
             Ok(conn.query_row(
@@ -356,6 +370,9 @@ mod tests {
             .unwrap();
         }
         assert_eq!(q.backlog().await.unwrap(), 2);
+        assert_eq!(q.pending_of(&tenant).await.unwrap(), 2);
+        let other = TenantId::try_from("other".to_string()).unwrap();
+        assert_eq!(q.pending_of(&other).await.unwrap(), 0);
         let first = q.claim_due(1, 1).await.unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].id, "a", "oldest first");

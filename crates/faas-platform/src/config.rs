@@ -59,6 +59,9 @@ pub struct Flags {
     /// Seconds final asynchronous results and dead letters are kept [default: 86400].
     #[arg(long, env = "FAAS_ASYNC_RETENTION_SEC")]
     pub async_retention_sec: Option<u64>,
+    /// Asynchronous invocations one tenant may have waiting; beyond, 429 [default: 1000].
+    #[arg(long, env = "FAAS_MAX_ASYNC_PENDING")]
+    pub max_async_pending: Option<usize>,
     /// Let callback URLs reach loopback, private and link-local addresses
     /// (off: a tenant could probe the node's own network through them).
     #[arg(long, env = "FAAS_CALLBACKS_ALLOW_PRIVATE")]
@@ -144,6 +147,8 @@ pub struct FileConfig {
     pub max_queue: Option<usize>,
     /// Seconds final asynchronous results are kept.
     pub async_retention_sec: Option<u64>,
+    /// Asynchronous invocations one tenant may have waiting.
+    pub max_async_pending: Option<usize>,
     /// Callbacks may reach private addresses.
     pub callbacks_allow_private: Option<bool>,
     /// Memory of all instances together, MiB.
@@ -502,6 +507,10 @@ impl PlatformConfig {
             callbacks_allow_private: flags.callbacks_allow_private
                 || file.callbacks_allow_private.unwrap_or(false),
             async_workers: defaults.async_workers,
+            max_async_pending: flags
+                .max_async_pending
+                .or(file.max_async_pending)
+                .unwrap_or(defaults.max_async_pending),
             memory_budget_mb: flags
                 .memory_budget_mb
                 .or(file.memory_budget_mb)

@@ -353,3 +353,39 @@ async fn pending_work_survives_a_crash_of_the_server() {
     );
     s.stop_and_check_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_queue_without_bound() {
+    if !require(Executor::Native, "a_tenant_cannot_queue_without_bound") {
+        return;
+    }
+    let s = TestServer::start_with(Executor::Native, &["--max-async-pending", "2"]).await;
+    s.deploy(
+        "slow",
+        "python",
+        "main.handler",
+        &[("main.py", SLOW)],
+        json!({"scaling": {"max_instances": 1}}),
+    )
+    .await;
+    let first = accept(&s, "slow", json!(1), None).await;
+    accept(&s, "slow", json!(2), None).await;
+    let resp = s
+        .http()
+        .post(format!("{}/functions/slow/async-invoke", s.url))
+        .body("3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("2 asynchronous invocations waiting"));
+    // Room again once one is done.
+    result_until(&s, "slow", &first, 60, |v| v["status"] == "succeeded").await;
+    accept(&s, "slow", json!(4), None).await;
+    s.stop_and_check_clean().await;
+}
