@@ -456,6 +456,35 @@ pub struct ScheduleList {
     pub schedules: Vec<ScheduleInfo>,
 }
 
+impl AsyncResult {
+    /// A request just accepted: queued, not yet attempted, nothing else known.
+    pub fn queued(
+        request_id: String,
+        function: String,
+        max_retries: u32,
+        created_at: String,
+    ) -> Self {
+        AsyncResult {
+            request_id,
+            function,
+            status: AsyncState::Queued,
+            attempts: 0,
+            max_retries,
+            created_at,
+            finished_at: None,
+            next_attempt_at: None,
+            status_code: None,
+            body_base64: None,
+            content_type: None,
+            error: None,
+            logs: None,
+            callback: None,
+            schedule_id: None,
+            scheduled_for: None,
+        }
+    }
+}
+
 /// `GET /functions/{fn}/dead-letters`: newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetterList {

@@ -256,6 +256,18 @@ fn endpoint(headers: &HeaderMap, config: &GatewayConfig, id: &str) -> String {
     format!("{scheme}://{host}/api/functions/{id}/invoke")
 }
 
+/// The request body, or the reason it could not be read in the spec's form.
+fn spec_body(read: Result<Bytes, BytesRejection>, id: &str) -> Result<Bytes, SpecError> {
+    body(read).map_err(|e| {
+        let code = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            "PAYLOAD_TOO_LARGE"
+        } else {
+            "INVALID_REQUEST"
+        };
+        SpecError::new(e.status, code, e.body.error).of(id)
+    })
+}
+
 /// The spec's config header, or its defaults when absent.
 fn config_of(headers: &HeaderMap) -> Result<SpecConfig, SpecError> {
     let Some(raw) = headers.get(CONFIG_HEADER) else {
@@ -312,14 +324,7 @@ async fn deploy(
     headers: HeaderMap,
     read: Result<Bytes, BytesRejection>,
 ) -> Result<Response, SpecError> {
-    let zip = body(read).map_err(|e| {
-        let code = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-            "PAYLOAD_TOO_LARGE"
-        } else {
-            "INVALID_REQUEST"
-        };
-        SpecError::new(e.status, code, e.body.error).of(&id)
-    })?;
+    let zip = spec_body(read, &id)?;
     let spec = config_of(&headers).map_err(|e| e.of(&id))?;
     if !zip.starts_with(b"PK\x03\x04") {
         return Err(SpecError::bad(format!(
@@ -481,14 +486,7 @@ async fn invoke(
     Path(id): Path<String>,
     read: Result<Bytes, BytesRejection>,
 ) -> Result<Response, SpecError> {
-    let raw = body(read).map_err(|e| {
-        let code = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-            "PAYLOAD_TOO_LARGE"
-        } else {
-            "INVALID_REQUEST"
-        };
-        SpecError::new(e.status, code, e.body.error).of(&id)
-    })?;
+    let raw = spec_body(read, &id)?;
     let req: FaasJobRequest = serde_json::from_slice(&raw)
         .map_err(|e| SpecError::bad(format!("malformed invoke request: {e}")).of(&id))?;
     let input = serde_json::to_vec(&req).map_err(|e| {

@@ -13,6 +13,7 @@ use faas_common::base64::{self, Engine};
 
 use crate::error::FailureKind;
 use crate::queue::QueuedInvocation;
+use crate::store::FunctionVersion;
 use crate::{now_rfc3339, Orchestrator, OrchestratorError};
 
 /// Longest callback URL.
@@ -41,6 +42,17 @@ pub(crate) fn rfc3339_at(ms: i64) -> String {
 pub(crate) fn backoff(failed: u32) -> Duration {
     let secs = 1u64 << failed.saturating_sub(1).min(16);
     Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+/// The record of a request of `f` just accepted.
+pub(crate) fn queued_record(f: &FunctionVersion, request_id: &str) -> AsyncResult {
+    AsyncResult::queued(
+        request_id.to_string(),
+        f.name.clone(),
+        f.max_retries
+            .unwrap_or(faas_common::validate::DEFAULT_MAX_RETRIES),
+        now_rfc3339(),
+    )
 }
 
 /// A callback URL's shape: http(s), a host, no credentials, bounded.
@@ -157,31 +169,13 @@ impl Orchestrator {
             .admit_invocation(&caller.tenant)
             .inspect_err(|_| self.metrics.reject("rate_limited"))?;
         let request_id = uuid::Uuid::new_v4().to_string();
-        let record = AsyncResult {
-            request_id: request_id.clone(),
-            function: f.name.clone(),
-            status: AsyncState::Queued,
+        let mut record = queued_record(&f, &request_id);
+        record.callback = callback_url.as_ref().map(|url| CallbackStatus {
+            url: url.clone(),
+            state: "pending".into(),
             attempts: 0,
-            max_retries: f
-                .max_retries
-                .unwrap_or(faas_common::validate::DEFAULT_MAX_RETRIES),
-            created_at: now_rfc3339(),
-            finished_at: None,
-            next_attempt_at: None,
-            status_code: None,
-            body_base64: None,
-            content_type: None,
             error: None,
-            logs: None,
-            callback: callback_url.as_ref().map(|url| CallbackStatus {
-                url: url.clone(),
-                state: "pending".into(),
-                attempts: 0,
-                error: None,
-            }),
-            schedule_id: None,
-            scheduled_for: None,
-        };
+        });
         self.queue
             .enqueue(QueuedInvocation {
                 id: request_id.clone(),

@@ -321,24 +321,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> AsyncResult {
-        AsyncResult {
-            request_id: id.into(),
-            function: "f".into(),
-            status: AsyncState::Queued,
-            attempts: 0,
-            max_retries: 2,
-            created_at: "now".into(),
-            finished_at: None,
-            next_attempt_at: None,
-            status_code: None,
-            body_base64: None,
-            content_type: None,
-            error: None,
-            logs: None,
-            callback: None,
-            schedule_id: None,
-            scheduled_for: None,
-        }
+        AsyncResult::queued(id.into(), "f".into(), 2, "now".into())
     }
 
     #[tokio::test]

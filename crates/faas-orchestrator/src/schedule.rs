@@ -13,13 +13,13 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use croner::Cron;
 use faas_auth::{Caller, Scope};
-use faas_common::api::{AsyncResult, AsyncState, ScheduleInfo, ScheduleList};
+use faas_common::api::{ScheduleInfo, ScheduleList};
 use faas_common::ScheduleSpec;
 
-use crate::async_invoke::rfc3339_at;
+use crate::async_invoke::{queued_record, rfc3339_at};
 use crate::queue::QueuedInvocation;
 use crate::store::StoredSchedule;
-use crate::{now_rfc3339, tenancy, unix_ms, Orchestrator, OrchestratorError};
+use crate::{tenancy, unix_ms, Orchestrator, OrchestratorError};
 
 /// Most schedules per function.
 pub const MAX_SCHEDULES: usize = 10;
@@ -236,26 +236,9 @@ impl Orchestrator {
         }
         if admitted.is_ok() {
             let request_id = uuid::Uuid::new_v4().to_string();
-            let record = AsyncResult {
-                request_id: request_id.clone(),
-                function: f.name.clone(),
-                status: AsyncState::Queued,
-                attempts: 0,
-                max_retries: f
-                    .max_retries
-                    .unwrap_or(faas_common::validate::DEFAULT_MAX_RETRIES),
-                created_at: now_rfc3339(),
-                finished_at: None,
-                next_attempt_at: None,
-                status_code: None,
-                body_base64: None,
-                content_type: None,
-                error: None,
-                logs: None,
-                callback: None,
-                schedule_id: Some(s.id.clone()),
-                scheduled_for: Some(rfc3339_at(tick)),
-            };
+            let mut record = queued_record(&f, &request_id);
+            record.schedule_id = Some(s.id.clone());
+            record.scheduled_for = Some(rfc3339_at(tick));
             self.queue
                 .enqueue(QueuedInvocation {
                     id: request_id.clone(),

@@ -50,18 +50,9 @@ pub struct DeployArgs {
     /// `a.b.c.d/len:port`); repeatable. Without it a function has no network.
     #[arg(long = "egress", value_name = "DEST")]
     egress: Vec<String>,
-    /// Instances kept started at all times.
-    #[arg(long)]
-    min_instances: Option<u32>,
-    /// Most instances at once, so most invocations running at once (1-1000).
-    #[arg(long)]
-    max_instances: Option<u32>,
-    /// Seconds an idle instance above --min-instances is kept.
-    #[arg(long)]
-    idle_timeout_sec: Option<u32>,
-    /// Invocations that may wait when every instance is busy; beyond, 429.
-    #[arg(long)]
-    max_queue: Option<u32>,
+    /// The function's scaling; a redeploy without these keeps it.
+    #[command(flatten)]
+    scaling: super::manage::ScalingFlags,
     /// Retries of a failed asynchronous invocation (0-10) [default: 2].
     #[arg(long)]
     max_retries: Option<u32>,
@@ -117,16 +108,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         network: (!args.egress.is_empty()).then(|| NetworkPolicy {
             egress: args.egress.clone(),
         }),
-        scaling: {
-            let s = faas_common::Scaling {
-                min_instances: args.min_instances,
-                max_instances: args.max_instances,
-                concurrency: None,
-                idle_timeout_sec: args.idle_timeout_sec,
-                max_queue: args.max_queue,
-            };
-            (s != faas_common::Scaling::default()).then_some(s)
-        },
+        scaling: Some(args.scaling.scaling()).filter(|s| *s != faas_common::Scaling::default()),
         max_retries: args.max_retries,
         schedules: None,
     };

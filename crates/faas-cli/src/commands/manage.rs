@@ -153,16 +153,13 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `faas scale` flags: the function's whole scaling (what is not given
-/// takes the node's default).
+/// A function's scaling flags (`faas scale`, `faas deploy`).
 #[derive(Args)]
-pub struct ScaleArgs {
-    /// Function name or id.
-    name: String,
+pub struct ScalingFlags {
     /// Instances kept started at all times.
     #[arg(long)]
     min_instances: Option<u32>,
-    /// Most instances at once (1-1000).
+    /// Most instances at once, so most invocations running at once (1-1000).
     #[arg(long)]
     max_instances: Option<u32>,
     /// Seconds an idle instance above --min-instances is kept.
@@ -171,6 +168,29 @@ pub struct ScaleArgs {
     /// Invocations that may wait when every instance is busy; beyond, 429.
     #[arg(long)]
     max_queue: Option<u32>,
+}
+
+impl ScalingFlags {
+    /// The scaling the flags give (absent ones: the node's defaults).
+    pub fn scaling(&self) -> faas_common::Scaling {
+        faas_common::Scaling {
+            min_instances: self.min_instances,
+            max_instances: self.max_instances,
+            concurrency: None,
+            idle_timeout_sec: self.idle_timeout_sec,
+            max_queue: self.max_queue,
+        }
+    }
+}
+
+/// `faas scale` flags: the function's whole scaling (what is not given
+/// takes the node's default).
+#[derive(Args)]
+pub struct ScaleArgs {
+    /// Function name or id.
+    name: String,
+    #[command(flatten)]
+    scaling: ScalingFlags,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -178,13 +198,7 @@ pub struct ScaleArgs {
 /// Replace a function's scaling, without a redeploy.
 pub async fn scale(args: ScaleArgs) -> Result<ExitCode> {
     let client = Client::new(&args.server)?;
-    let scaling = faas_common::Scaling {
-        min_instances: args.min_instances,
-        max_instances: args.max_instances,
-        concurrency: None,
-        idle_timeout_sec: args.idle_timeout_sec,
-        max_queue: args.max_queue,
-    };
+    let scaling = args.scaling.scaling();
     let path = format!("/functions/{}/scaling", args.name);
     let info: faas_common::api::FunctionInfo = client
         .json(client.request(Method::PUT, &path).json(&scaling))
