@@ -760,6 +760,18 @@ impl TestServer {
         self.post_json("/functions", &req).await
     }
 
+    /// `GET /metrics` as the admin: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Invoke and return (status, headers, body bytes).
     pub async fn invoke(&self, name: &str, payload: &[u8]) -> Invoked {
         let r = self

@@ -130,15 +130,7 @@ async fn results_retries_and_dead_letters() {
             .unwrap()
             .is_empty()
     );
-    let metrics = s
-        .http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(metrics.contains("faas_async_retries_total 2"), "{metrics}");
     assert!(
         metrics.contains("faas_async_dead_letters_total 1"),

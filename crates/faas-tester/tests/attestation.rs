@@ -84,15 +84,7 @@ async fn simulated_evidence_never_satisfies_a_hardware_policy() {
     let r = s.invoke("conf", b"{}").await;
     assert_eq!(r.status, 412, "{}", r.text());
     assert!(r.text().contains("did not verify"), "{}", r.text());
-    let metrics = s
-        .http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(
             r#"faas_attestation_verified{kind="simulated",simulated="true",hardware="false"} 0"#

@@ -249,15 +249,7 @@ async fn metrics_count_invocations(executor: Executor) {
     for _ in 0..3 {
         s.invoke_json("m1", json!({"x": 1})).await;
     }
-    let text = s
-        .http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains(
             r#"faas_invocations_total{tenant="default",function="m1",outcome="success"} 3"#

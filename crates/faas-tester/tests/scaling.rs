@@ -180,15 +180,7 @@ async fn a_full_queue_is_429_and_a_burst_leaves_the_node_serving() {
     let v = s.get("/functions/narrow/status").await.1;
     assert_eq!(v["queued"], 0, "{v}");
     assert!(warm(&v) <= 2, "never more than max_instances: {v}");
-    let metrics = s
-        .http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("faas_rejections_total{reason=\"queue_full\"}"))
