@@ -8,6 +8,7 @@ use faas_common::api::{ScheduleInfo, ScheduleList};
 use faas_common::ScheduleSpec;
 use reqwest::Method;
 
+use super::secrets::FunctionArgs;
 use crate::client::{Client, ServerArgs};
 
 /// Schedule commands.
@@ -32,15 +33,6 @@ pub struct AddArgs {
     /// Payload of each invocation, JSON [default: null].
     #[arg(long, short = 'd')]
     data: Option<String>,
-    #[command(flatten)]
-    server: ServerArgs,
-}
-
-/// A function.
-#[derive(Args)]
-pub struct FunctionArgs {
-    /// Function name or id.
-    function: String,
     #[command(flatten)]
     server: ServerArgs,
 }

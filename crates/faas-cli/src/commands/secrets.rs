@@ -40,13 +40,13 @@ pub struct SetArgs {
     server: ServerArgs,
 }
 
-/// A function.
+/// A function (`faas secrets ls`, `faas schedule ls`).
 #[derive(Args)]
 pub struct FunctionArgs {
     /// Function name or id.
-    function: String,
+    pub(crate) function: String,
     #[command(flatten)]
-    server: ServerArgs,
+    pub(crate) server: ServerArgs,
 }
 
 /// `faas secrets rm` flags.
