@@ -27,9 +27,9 @@ pub enum DependencyError {
     /// The language has no package installer.
     #[error("{0} functions cannot declare dependencies")]
     NoInstaller(Language),
-    /// More than [`MAX_DEPENDENCIES`].
-    #[error("at most {MAX_DEPENDENCIES} dependencies")]
-    TooMany,
+    /// More than the limit (for a definition's list, [`MAX_DEPENDENCIES`]).
+    #[error("at most {0} dependencies")]
+    TooMany(usize),
     /// Not a registry requirement.
     #[error("dependency {spec:?} is not a registry requirement: {why} (expected {expected})")]
     Invalid {
@@ -63,11 +63,20 @@ const ARCHIVE_SUFFIXES: &[&str] = &[
 
 /// Check every specifier of a function's dependency list.
 pub fn validate(language: Language, specs: &[String]) -> Result<(), DependencyError> {
+    validate_count(language, specs, MAX_DEPENDENCIES)
+}
+
+/// Check every specifier, and that there are at most `max`.
+pub fn validate_count(
+    language: Language,
+    specs: &[String],
+    max: usize,
+) -> Result<(), DependencyError> {
     if language.is_process_per_call() {
         return Err(DependencyError::NoInstaller(language));
     }
-    if specs.len() > MAX_DEPENDENCIES {
-        return Err(DependencyError::TooMany);
+    if specs.len() > max {
+        return Err(DependencyError::TooMany(max));
     }
     for spec in specs {
         match language {
@@ -422,7 +431,7 @@ mod tests {
         let many = vec!["x".to_string(); MAX_DEPENDENCIES + 1];
         assert_eq!(
             validate(Language::Python, &many),
-            Err(DependencyError::TooMany)
+            Err(DependencyError::TooMany(MAX_DEPENDENCIES))
         );
         assert!(py(&"a".repeat(MAX_SPEC_LEN + 1)).is_err());
     }

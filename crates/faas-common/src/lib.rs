@@ -16,6 +16,7 @@
 pub mod api;
 pub mod contract;
 pub mod deps;
+pub mod manifest;
 pub mod network;
 pub mod protocol;
 pub mod sandbox;
