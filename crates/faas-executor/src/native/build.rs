@@ -57,6 +57,22 @@ pub struct BuildJob {
     pub memory_mb: u32,
     /// Killed after this long.
     pub timeout: Duration,
+    /// Receives the installer's output as it is printed (progress for a
+    /// waiting client); the outcome's log has it all the same.
+    pub live: Option<LiveLog>,
+}
+
+/// What receives each chunk of output.
+pub type OnOutput = dyn Fn(&[u8]) + Send + Sync;
+
+/// A callback given each chunk of an installer's output as it arrives.
+#[derive(Clone)]
+pub struct LiveLog(pub Arc<OnOutput>);
+
+impl std::fmt::Debug for LiveLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveLog")
+    }
 }
 
 /// How an installer run ended.
@@ -173,8 +189,16 @@ impl BuildSandbox {
                 ExecutorError::Start(format!("cannot run {}: {e}", self.config.runc.display()))
             })?;
         let log = Arc::new(Mutex::new(VecDeque::<u8>::new()));
-        let out = tokio::spawn(capture(child.stdout.take().expect("piped"), log.clone()));
-        let err = tokio::spawn(capture(child.stderr.take().expect("piped"), log.clone()));
+        let out = tokio::spawn(capture(
+            child.stdout.take().expect("piped"),
+            log.clone(),
+            job.live.clone(),
+        ));
+        let err = tokio::spawn(capture(
+            child.stderr.take().expect("piped"),
+            log.clone(),
+            job.live.clone(),
+        ));
         guard.child = Some(child);
         let child = guard.child.as_mut().expect("just set");
         let status = tokio::time::timeout(job.timeout, child.wait()).await;
@@ -309,11 +333,23 @@ impl BuildSandbox {
 }
 
 /// Keep the last [`LOG_LIMIT`] bytes of a pipe.
-async fn capture(mut pipe: impl tokio::io::AsyncRead + Unpin, log: Arc<Mutex<VecDeque<u8>>>) {
+async fn capture(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    log: Arc<Mutex<VecDeque<u8>>>,
+    live: Option<LiveLog>,
+) {
     let mut buf = [0u8; 8192];
     while let Ok(n) = pipe.read(&mut buf).await {
         if n == 0 {
             break;
+        }
+        if let Some(live) = &live {
+            // The sandbox's own start marker is not the installer's output.
+            let chunk = &buf[..n];
+            match chunk.strip_prefix(format!("{STARTED}\n").as_bytes()) {
+                Some(rest) => (live.0)(rest),
+                None => (live.0)(chunk),
+            }
         }
         let mut log = log.lock().expect("log lock");
         log.extend(&buf[..n]);
