@@ -92,6 +92,60 @@ pub struct FunctionStatus {
     /// milliseconds (since this server started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cold_start_ms: Option<f64>,
+    /// Its newest deploy's build (without the log): `building` while
+    /// dependencies install, then `ready` or `failed` (the previous
+    /// version, if any, serves meanwhile and after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildInfo>,
+}
+
+/// Where a deploy's build is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildState {
+    /// Dependencies are installing.
+    Building,
+    /// The version is deployed.
+    Ready,
+    /// Nothing was deployed: see `error` and the log.
+    Failed,
+}
+
+impl BuildState {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Building => "building",
+            BuildState::Ready => "ready",
+            BuildState::Failed => "failed",
+        }
+    }
+}
+
+/// A deploy's build (`GET /functions/{fn}/build`; the body of a `202` from
+/// `POST /functions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// Build id (`b-` + 16 hex digits).
+    pub id: String,
+    /// The function's name.
+    pub function: String,
+    /// Where it is.
+    pub state: BuildState,
+    /// When the deploy arrived (RFC 3339).
+    pub started_at: String,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// The version it deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The installer's output (its last 256 KiB); left out of status views.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
 }
 
 /// One past invocation (`GET /functions/{fn}/logs`).

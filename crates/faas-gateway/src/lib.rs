@@ -21,11 +21,11 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json};
 use faas_auth::Caller;
 use faas_common::api::{
-    AuditList, BindJob, CreateKey, ErrorBody, FaasJobRequest, FaasJobResponse, FunctionList,
-    InvocationList, JobList, KeyList, SecretList, TenantQuota,
+    AuditList, BindJob, BuildInfo, CreateKey, ErrorBody, FaasJobRequest, FaasJobResponse,
+    FunctionList, InvocationList, JobList, KeyList, SecretList, TenantQuota,
 };
 use faas_common::{ExecuteFunctionArgs, FunctionDefinition};
-use faas_orchestrator::{FailureKind, Orchestrator, OrchestratorError};
+use faas_orchestrator::{Deployed, FailureKind, Orchestrator, OrchestratorError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -77,6 +77,7 @@ pub fn router(orchestrator: Arc<Orchestrator>, config: GatewayConfig) -> Router 
         )
         .route("/functions/{id}", get(get_function).delete(delete_function))
         .route("/functions/{id}/status", get(status))
+        .route("/functions/{id}/build", get(build_info))
         .route(
             "/functions/{id}/scaling",
             put(set_scaling).layer(DefaultBodyLimit::max(64 * 1024)),
@@ -273,14 +274,43 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
 }
 
+#[derive(Deserialize)]
+struct DeployQuery {
+    /// Wait for the build instead of answering 202 while it installs.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// `201` with the new version, or `202` with the build while dependencies
+/// install (`?wait=true` waits for them).
 async fn deploy(
     State(o): Orch,
     Extension(caller): Who,
+    query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
     read: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let def: FunctionDefinition = parse_json(&body(read)?)?;
-    let info = o.deploy(&caller, def).await?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    match o.deploy_with(&caller, def, q.wait).await? {
+        Deployed::Ready(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
+        Deployed::Building(build) => {
+            let location = format!("/functions/{}/build", build.function);
+            let mut resp = (StatusCode::ACCEPTED, Json(build)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+    }
+}
+
+/// The newest build of a function, with the installer's output.
+async fn build_info(
+    State(o): Orch,
+    Extension(caller): Who,
+    Path(id): Path<String>,
+) -> Result<Json<BuildInfo>, ApiError> {
+    Ok(Json(o.build_info(&caller, &id).await?))
 }
 
 async fn list(State(o): Orch, Extension(caller): Who) -> Result<Json<FunctionList>, ApiError> {

@@ -348,6 +348,7 @@ async fn tenants_share_names_and_never_see_each_other() {
         for (method, uri, body) in [
             ("GET", format!("/functions/{target}"), &b""[..]),
             ("GET", format!("/functions/{target}/status"), b""),
+            ("GET", format!("/functions/{target}/build"), b""),
             ("GET", format!("/functions/{target}/logs"), b""),
             ("POST", format!("/functions/{target}/invoke"), b"x"),
             ("GET", format!("/functions/{target}/secrets"), b""),
@@ -530,6 +531,7 @@ async fn secrets_are_write_only_and_sealed_at_rest() {
         "/functions/hello/secrets",
         "/functions/hello/logs",
         "/functions/hello/status",
+        "/functions/hello/build",
         "/functions",
     ] {
         let a = call(app, Some(&key), "GET", uri, b"").await;

@@ -10,6 +10,7 @@
 mod async_invoke;
 pub mod attest;
 pub mod code;
+mod deploy;
 pub mod deps;
 mod error;
 pub mod metrics;
@@ -28,17 +29,16 @@ use std::time::{Duration, Instant, SystemTime};
 use faas_archive::CodeStore;
 use faas_auth::{Caller, Scope, TenantId};
 use faas_common::api::{
-    FunctionInfo, FunctionStatus, InvocationList, InvocationRecord, JobBinding, Outcome,
+    BuildState, FunctionInfo, FunctionStatus, InvocationList, InvocationRecord, JobBinding, Outcome,
 };
 use faas_common::contract::{GUEST_CODE_DIR, GUEST_DEPS_DIR};
 use faas_common::protocol::InitSpec;
-use faas_common::{
-    ExecuteFunctionArgs, FunctionDefinition, InvocationResult, Language, SandboxConfig, SandboxKind,
-};
+use faas_common::{ExecuteFunctionArgs, InvocationResult, Language, SandboxConfig, SandboxKind};
 use faas_executor::native::build::BuildSandbox;
 use faas_executor::{ExecutorError, InstanceSpec, Sandbox, SandboxExecutor};
 use tokio::sync::{RwLock, Semaphore};
 
+pub use deploy::Deployed;
 pub use error::{FailureKind, OrchestratorError};
 use metrics::{FunctionLabels, Metrics, OutcomeLabels};
 use pool::{AcquireError, Pool, PoolKey};
@@ -235,6 +235,8 @@ pub struct Orchestrator {
     queue: Arc<dyn queue::InvocationQueue>,
     /// Wakes the async worker when a request arrives.
     async_wake: Arc<tokio::sync::Notify>,
+    /// Deploy builds running now.
+    builds: deploy::Builds,
 }
 
 impl Orchestrator {
@@ -305,7 +307,18 @@ impl Orchestrator {
             cold_starts: Default::default(),
             queue,
             async_wake: Default::default(),
+            builds: Default::default(),
         };
+        let interrupted = orchestrator
+            .store
+            .interrupt_builds(
+                "the server restarted during this build; deploy again",
+                &now_rfc3339(),
+            )
+            .await?;
+        if interrupted > 0 {
+            tracing::warn!("{interrupted} builds were cut short by a restart");
+        }
         orchestrator.collect_garbage().await;
         Ok(orchestrator)
     }
@@ -591,211 +604,6 @@ impl Orchestrator {
         self.sandboxes.kinds()
     }
 
-    /// Validate, store and register a function in the caller's tenant (a new
-    /// version if the name exists there).
-    pub async fn deploy(
-        &self,
-        caller: &Caller,
-        def: FunctionDefinition,
-    ) -> Result<FunctionInfo, OrchestratorError> {
-        self.store_function(caller, def, false).await
-    }
-
-    /// As [`Orchestrator::deploy`], but only a new function:
-    /// [`OrchestratorError::Conflict`] when the name exists in the tenant.
-    pub async fn create(
-        &self,
-        caller: &Caller,
-        def: FunctionDefinition,
-    ) -> Result<FunctionInfo, OrchestratorError> {
-        if self.store.latest(&caller.tenant, &def.name).await.is_ok() {
-            // Checked again atomically when stored; this spares the upload's
-            // decoding and install in the common case.
-            self.require(caller, Scope::Deploy)?;
-            return Err(OrchestratorError::Conflict(format!(
-                "function {:?} already exists",
-                def.name
-            )));
-        }
-        self.store_function(caller, def, true).await
-    }
-
-    async fn store_function(
-        &self,
-        caller: &Caller,
-        def: FunctionDefinition,
-        create_only: bool,
-    ) -> Result<FunctionInfo, OrchestratorError> {
-        self.require(caller, Scope::Deploy)?;
-        let language = faas_common::validate::definition(&def)
-            .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
-        if !caller.may_touch(&def.name) {
-            return Err(OrchestratorError::Forbidden(
-                "this key may not deploy this function".into(),
-            ));
-        }
-        let tenant = caller.tenant.clone();
-        let quota = self.tenancy.quota(&tenant);
-        let (functions, stored) = self.store.usage(&tenant).await?;
-        let new_function = self.store.latest(&tenant, &def.name).await.is_err();
-        if new_function
-            && quota
-                .max_functions
-                .is_some_and(|m| functions >= u64::from(m))
-        {
-            return Err(OrchestratorError::QuotaExceeded(format!(
-                "tenant {tenant} has its quota of {functions} functions"
-            )));
-        }
-        let memory_mb = def.memory_mb.unwrap_or(self.config.default_memory_mb);
-        if u64::from(memory_mb) > self.config.memory_budget_mb {
-            return Err(OrchestratorError::Invalid(format!(
-                "memory_mb must be at most {} on this node",
-                self.config.memory_budget_mb
-            )));
-        }
-        let timeout_sec = def.timeout_sec.unwrap_or(self.config.default_timeout_sec);
-        let attestation = def
-            .attestation
-            .as_deref()
-            .map(attest::parse_requirement)
-            .transpose()?
-            .map(|k| k.as_str().to_string());
-        let sandbox = match def.sandbox.as_deref() {
-            None => self.sandboxes.default_kind(),
-            Some(name) => {
-                let kind: SandboxKind =
-                    name.parse().map_err(|e: faas_common::UnknownSandboxKind| {
-                        OrchestratorError::Invalid(e.to_string())
-                    })?;
-                self.sandboxes.get(kind).map(|s| s.kind()).ok_or_else(|| {
-                    let enabled: Vec<&str> =
-                        self.sandboxes.kinds().iter().map(|k| k.as_str()).collect();
-                    OrchestratorError::Invalid(format!(
-                        "sandbox {name:?} is not enabled on this node (enabled: {})",
-                        enabled.join(", ")
-                    ))
-                })?
-            }
-        };
-        let egress = match &def.network {
-            Some(policy) => faas_common::network::parse_egress(policy)
-                .map_err(|e| OrchestratorError::Invalid(e.to_string()))?,
-            None => Vec::new(),
-        };
-        if !egress.is_empty() {
-            let runs_in = self.sandboxes.get(sandbox).ok_or_else(|| {
-                OrchestratorError::Internal(format!("sandbox {sandbox} vanished"))
-            })?;
-            if let Err(why) = runs_in.egress_support() {
-                return Err(OrchestratorError::Invalid(format!(
-                    "egress policies cannot be enforced in the {sandbox} sandbox on this node: {why}"
-                )));
-            }
-        }
-        let egress: Vec<String> = egress.iter().map(|r| r.to_string()).collect();
-        let handler = def.handler.trim().to_string();
-        let limits = self.config.code_limits;
-        let (b64, files) = (def.code_base64.clone(), def.files.clone());
-        let h = handler.clone();
-        // Decoding holds the whole upload in memory: a few at a time.
-        let _turn = tokio::time::timeout(Duration::from_secs(30), self.deploys.acquire())
-            .await
-            .map_err(|_| {
-                OrchestratorError::Overloaded("too many deploys in progress; retry later".into())
-            })?
-            .map_err(|_| OrchestratorError::Overloaded("server is shutting down".into()))?;
-        // Decoding a large archive is CPU work: keep it off the async threads.
-        let tree = tokio::task::spawn_blocking(move || {
-            let mut tree =
-                code::from_request(b64.as_deref(), files.as_ref(), language, &h, limits)?;
-            code::check_handler(&tree, language, &h)?;
-            if language == Language::Native {
-                tree.make_executable(h.trim_start_matches("./"));
-            }
-            Ok::<_, OrchestratorError>(tree)
-        })
-        .await
-        .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))??;
-        // Dependencies before anything else is stored: a failed install leaves no trace.
-        let deps_sha = self.deps.install(language, &def.dependencies).await?;
-        let deps_bytes = match &deps_sha {
-            Some(sha) => tree_bytes(self.deps.dir(sha)).await,
-            None => 0,
-        };
-        let stored_bytes = tree.total_bytes() + deps_bytes;
-        if let Some(max_mb) = quota.max_storage_mb {
-            if stored + stored_bytes > max_mb * 1024 * 1024 {
-                return Err(OrchestratorError::StorageQuota(format!(
-                    "tenant {tenant} would store more than its quota of {max_mb} MiB of code and dependencies"
-                )));
-            }
-        }
-        let _storing = self.storage.read().await;
-        let store = self.code.clone();
-        let code_sha = tokio::task::spawn_blocking(move || store.store(&tree).map(|(sha, _)| sha))
-            .await
-            .map_err(|e| OrchestratorError::Internal(format!("code task: {e}")))?
-            .map_err(code::archive_error)?;
-
-        let dependencies = def.dependencies.clone();
-        let env = def.env.clone();
-        let name = def.name.clone();
-        let max_retries = def.max_retries;
-        let schedules = def
-            .schedules
-            .as_deref()
-            .map(schedule::checked)
-            .transpose()?;
-        let record = self
-            .store
-            .add_version(
-                tenant.clone(),
-                def.name.clone(),
-                create_only,
-                store::FunctionSettings {
-                    scaling: def.scaling,
-                    schedules,
-                },
-                move |id, version| FunctionVersion {
-                    id: id.to_string(),
-                    tenant,
-                    name,
-                    version,
-                    language,
-                    handler,
-                    memory_mb,
-                    timeout_sec,
-                    dependencies,
-                    env,
-                    sandbox,
-                    attestation,
-                    egress,
-                    created_at: now_rfc3339(),
-                    code_sha256: code_sha,
-                    deps_sha256: deps_sha,
-                    stored_bytes,
-                    scaling: Default::default(),
-                    max_retries,
-                },
-            )
-            .await?;
-        drop(_storing);
-        // Older versions' warm instances would serve stale code.
-        self.pool.retire(&record.id, record.version);
-        self.pool
-            .limit_function(&record.id, self.limits_of(&record));
-        tracing::info!(tenant = %record.tenant, function = %record.name, version = record.version, "deployed");
-        self.audit(tenancy::entry(
-            caller,
-            "deploy",
-            Some(&record.name),
-            Some(format!("version {}", record.version)),
-        ))
-        .await;
-        Ok(record.info())
-    }
-
     /// The caller's function `id_or_name`, if the caller may `scope` it: a
     /// missing scope is 403; a function of another tenant, or outside the
     /// key's list, is not found, as if it did not exist.
@@ -806,7 +614,24 @@ impl Orchestrator {
         id_or_name: &str,
     ) -> Result<FunctionVersion, OrchestratorError> {
         self.require(caller, scope)?;
-        let f = self.store.latest(&caller.tenant, id_or_name).await?;
+        let f = match self.store.latest(&caller.tenant, id_or_name).await {
+            Ok(f) => f,
+            Err(OrchestratorError::NotFound(what)) => {
+                let first_build = self
+                    .latest_build(&caller.tenant, id_or_name, false)
+                    .await?
+                    .filter(|b| b.state == BuildState::Building && caller.may_touch(&b.function));
+                return Err(match first_build {
+                    Some(b) => OrchestratorError::Conflict(format!(
+                        "function {id_or_name:?} is not deployed yet: its first build {} is \
+                         still installing dependencies (GET /functions/{id_or_name}/build)",
+                        b.id
+                    )),
+                    None => OrchestratorError::NotFound(what),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if !caller.may_touch(&f.name) {
             return Err(OrchestratorError::NotFound(format!(
                 "function {id_or_name:?}"
@@ -893,7 +718,26 @@ impl Orchestrator {
         caller: &Caller,
         id_or_name: &str,
     ) -> Result<(String, String), OrchestratorError> {
-        let f = self.function(caller, Scope::Deploy, id_or_name).await?;
+        let f = match self.function(caller, Scope::Deploy, id_or_name).await {
+            Ok(f) => f,
+            Err(e @ (OrchestratorError::NotFound(_) | OrchestratorError::Conflict(_))) => {
+                // No version yet: deleting it cancels its first build.
+                let known = self
+                    .latest_build(&caller.tenant, id_or_name, false)
+                    .await?
+                    .is_some_and(|b| caller.may_touch(&b.function));
+                if !known {
+                    return Err(e);
+                }
+                self.cancel_builds(&caller.tenant, id_or_name).await?;
+                self.audit(tenancy::entry(caller, "delete", Some(id_or_name), None))
+                    .await;
+                return Ok((String::new(), id_or_name.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        // First, so that no build running now records a version after it.
+        self.cancel_builds(&caller.tenant, &f.name).await?;
         let (id, name) = self.store.delete(&caller.tenant, &f.id).await?;
         self.pool.retire(&id, u32::MAX);
         self.tenancy.forget_secrets(&id);
@@ -1000,7 +844,35 @@ impl Orchestrator {
         caller: &Caller,
         id_or_name: &str,
     ) -> Result<FunctionStatus, OrchestratorError> {
-        let f = self.function(caller, Scope::Read, id_or_name).await?;
+        let f = match self.function(caller, Scope::Read, id_or_name).await {
+            Ok(f) => f,
+            Err(e @ (OrchestratorError::NotFound(_) | OrchestratorError::Conflict(_))) => {
+                // No version yet: a first build running or failed is its status.
+                let build = self
+                    .latest_build(&caller.tenant, id_or_name, false)
+                    .await?
+                    .filter(|b| caller.may_touch(&b.function))
+                    .ok_or(e)?;
+                return Ok(FunctionStatus {
+                    id: String::new(),
+                    name: build.function.clone(),
+                    version: 0,
+                    warm_instances: 0,
+                    busy_instances: 0,
+                    starting_instances: 0,
+                    queued: 0,
+                    effective_scaling: None,
+                    invocations: 0,
+                    failures: 0,
+                    last_invocation: None,
+                    last_outcome: None,
+                    last_cold_start_ms: None,
+                    build: Some(build),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let build = self.latest_build(&f.tenant, &f.name, false).await?;
         let (warm, busy) = self.pool.counts(&f.id);
         let (queued, starting) = self.pool.pressure(&f.id);
         let limits = self.limits_of(&f);
@@ -1026,6 +898,7 @@ impl Orchestrator {
             last_invocation: last.as_ref().map(|(_, r)| r.started_at.clone()),
             last_outcome: last.map(|(_, r)| r.outcome),
             last_cold_start_ms,
+            build,
         })
     }
 
@@ -1511,7 +1384,7 @@ fn scrub_result(
 }
 
 /// Bytes of the files under `dir` (symlinks not followed).
-async fn tree_bytes(dir: PathBuf) -> u64 {
+pub(crate) async fn tree_bytes(dir: PathBuf) -> u64 {
     tokio::task::spawn_blocking(move || {
         let mut total = 0;
         let mut stack = vec![dir];

@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use faas_auth::KeyRecord;
 use faas_auth::TenantId;
-use faas_common::api::{AuditEntry, FunctionInfo, InvocationRecord, JobBinding, TenantQuota};
+use faas_common::api::{
+    AuditEntry, BuildInfo, BuildState, FunctionInfo, InvocationRecord, JobBinding, TenantQuota,
+};
 use faas_common::{Language, SandboxKind, Scaling};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -215,7 +217,22 @@ pub const MIGRATIONS: &[&str] = &[
         last_fire_ms INTEGER
     );
     CREATE INDEX schedules_by_function ON schedules (function_id);",
+    // 6: deploy builds (`builds.rs`), by tenant and function name: a first
+    // deploy's build exists before its function does.
+    "CREATE TABLE builds (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        info TEXT NOT NULL
+    );
+    CREATE INDEX builds_by_function ON builds (tenant, name, seq);",
 ];
+
+/// Builds kept per function (the newest).
+const KEEP_BUILDS: i64 = 10;
+/// Builds kept per tenant (the newest), whatever their functions.
+const KEEP_TENANT_BUILDS: i64 = 200;
 
 /// A stored cron schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -1047,6 +1064,119 @@ impl Store {
                 [&id],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )?)
+        })
+        .await
+    }
+
+    /// Insert or replace a build of `tenant`'s function; a new one pushes
+    /// the oldest out past [`KEEP_BUILDS`] per function and
+    /// [`KEEP_TENANT_BUILDS`] per tenant.
+    pub async fn put_build(
+        &self,
+        tenant: &TenantId,
+        build: &BuildInfo,
+    ) -> Result<(), OrchestratorError> {
+        let tenant = tenant.clone();
+        let build = build.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let info = serde_json::to_string(&build)?;
+            let updated = tx.execute(
+                "UPDATE builds SET info = ?2 WHERE id = ?1",
+                params![build.id, info],
+            )?;
+            if updated == 0 {
+                tx.execute(
+                    "INSERT INTO builds (id, tenant, name, seq, info) VALUES (?1, ?2, ?3,
+                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM builds), ?4)",
+                    params![build.id, tenant.as_str(), build.function, info],
+                )?;
+                tx.execute(
+                    "DELETE FROM builds WHERE tenant = ?1 AND name = ?2 AND seq <=
+                     (SELECT seq FROM builds WHERE tenant = ?1 AND name = ?2
+                      ORDER BY seq DESC LIMIT 1 OFFSET ?3)",
+                    params![tenant.as_str(), build.function, KEEP_BUILDS],
+                )?;
+                tx.execute(
+                    "DELETE FROM builds WHERE tenant = ?1 AND seq <=
+                     (SELECT seq FROM builds WHERE tenant = ?1
+                      ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                    params![tenant.as_str(), KEEP_TENANT_BUILDS],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The newest build of `tenant`'s function `name`.
+    pub async fn latest_build(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<BuildInfo>, OrchestratorError> {
+        let (tenant, name) = (tenant.clone(), name.to_string());
+        self.with(move |conn| {
+            let info: Option<String> = conn
+                .query_row(
+                    "SELECT info FROM builds WHERE tenant = ?1 AND name = ?2
+                     ORDER BY seq DESC LIMIT 1",
+                    params![tenant.as_str(), name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(info.map(|i| serde_json::from_str(&i)).transpose()?)
+        })
+        .await
+    }
+
+    /// Forget the builds of `tenant`'s function `name` (it was deleted).
+    pub async fn delete_builds(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<(), OrchestratorError> {
+        let (tenant, name) = (tenant.clone(), name.to_string());
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM builds WHERE tenant = ?1 AND name = ?2",
+                params![tenant.as_str(), name],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Mark every build still `building` failed with `why` (the process that
+    /// ran them is gone); returns how many.
+    pub async fn interrupt_builds(&self, why: &str, at: &str) -> Result<usize, OrchestratorError> {
+        let (why, at) = (why.to_string(), at.to_string());
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let mut open = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT id, info FROM builds WHERE json_extract(info, '$.state') = 'building'",
+                )?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                for row in rows {
+                    open.push(row?);
+                }
+            }
+            for (id, info) in &open {
+                let mut build: BuildInfo = serde_json::from_str(info)?;
+                build.state = BuildState::Failed;
+                build.error = Some(why.clone());
+                build.finished_at = Some(at.clone());
+                tx.execute(
+                    "UPDATE builds SET info = ?2 WHERE id = ?1",
+                    params![id, serde_json::to_string(&build)?],
+                )?;
+            }
+            tx.commit()?;
+            Ok(open.len())
         })
         .await
     }

@@ -739,7 +739,7 @@ impl TestServer {
         body
     }
 
-    /// Deploy from a files map; returns status and body.
+    /// Deploy from a files map, waiting for its build; returns status and body.
     pub async fn try_deploy(
         &self,
         name: &str,
@@ -757,7 +757,7 @@ impl TestServer {
         if let Value::Object(extra) = extra {
             req.as_object_mut().unwrap().extend(extra);
         }
-        self.post_json("/functions", &req).await
+        self.post_json("/functions?wait=true", &req).await
     }
 
     /// `GET /metrics` as the admin: the Prometheus text.

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Args;
-use faas_common::api::FunctionInfo;
+use faas_common::api::{BuildInfo, BuildState, FunctionInfo};
 use faas_common::network::NetworkPolicy;
 use faas_common::{FunctionDefinition, Language};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 
 use crate::client::{Client, ServerArgs};
 
@@ -56,6 +56,10 @@ pub struct DeployArgs {
     /// Retries of a failed asynchronous invocation (0-10) [default: 2].
     #[arg(long)]
     max_retries: Option<u32>,
+    /// Return once the server has the deploy, without waiting for
+    /// dependencies to install (`faas status` / `faas logs --build` follow it).
+    #[arg(long)]
+    no_wait: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -73,7 +77,10 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
     let language = match &args.language {
         Some(l) => l.parse::<Language>()?,
         None if meta.is_file() => language_of(&args.path)?,
-        None => bail!("--language is required when deploying a directory"),
+        // A manifest tells the language of a project directory.
+        None if args.path.join("requirements.txt").is_file() => Language::Python,
+        None if args.path.join("package.json").is_file() => Language::Node,
+        None => bail!("--language is required when deploying a directory without a requirements.txt or package.json"),
     };
     let handler = match (&args.handler, meta.is_file()) {
         (Some(h), _) => h.clone(),
@@ -113,9 +120,31 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         schedules: None,
     };
     let client = Client::new(&args.server)?;
-    let info: FunctionInfo = client
-        .json(client.request(Method::POST, "/functions").json(&def))
+    let resp = client
+        .send(client.request(Method::POST, "/functions").json(&def))
         .await?;
+    let info: FunctionInfo = if resp.status() == StatusCode::ACCEPTED {
+        let build: BuildInfo = resp
+            .json()
+            .await
+            .context("unexpected response from server")?;
+        if args.no_wait {
+            if args.server.json {
+                println!("{}", serde_json::to_string_pretty(&build)?);
+            } else {
+                println!(
+                    "building {} ({}); follow it with `faas logs --build {}`",
+                    build.function, build.id, build.function
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        follow_build(&client, &build, args.server.json).await?
+    } else {
+        resp.json()
+            .await
+            .context("unexpected response from server")?
+    };
     if args.server.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -131,6 +160,41 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Print the build's output as it comes (on stderr) until it ends; the
+/// deployed version, or the build's error.
+async fn follow_build(client: &Client, build: &BuildInfo, quiet: bool) -> Result<FunctionInfo> {
+    if !quiet {
+        eprintln!(
+            "building {} ({}): installing dependencies",
+            build.function, build.id
+        );
+    }
+    let path = format!("/functions/{}/build", build.function);
+    let mut shown = 0usize;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now: BuildInfo = client.json(client.request(Method::GET, &path)).await?;
+        if now.id != build.id {
+            bail!("a newer deploy of {} replaced this one", build.function);
+        }
+        let lines: Vec<&str> = now.log.lines().collect();
+        if !quiet {
+            for line in lines.iter().skip(shown) {
+                eprintln!("  | {line}");
+            }
+        }
+        shown = shown.max(lines.len());
+        match now.state {
+            BuildState::Building => continue,
+            BuildState::Ready => break,
+            BuildState::Failed => bail!("{}", now.error.as_deref().unwrap_or("the build failed")),
+        }
+    }
+    client
+        .json(client.request(Method::GET, &format!("/functions/{}", build.function)))
+        .await
 }
 
 fn language_of(path: &Path) -> Result<Language> {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use faas_common::api::{FunctionList, FunctionStatus, InvocationList};
+use faas_common::api::{BuildInfo, BuildState, FunctionList, FunctionStatus, InvocationList};
 use reqwest::Method;
 
 use crate::client::{Client, ServerArgs};
@@ -74,6 +74,9 @@ pub struct LogsArgs {
     /// How many recent invocations.
     #[arg(long, short = 'n', default_value_t = 10)]
     limit: usize,
+    /// The newest deploy's build instead: its state and the installer's output.
+    #[arg(long)]
+    build: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -81,6 +84,20 @@ pub struct LogsArgs {
 /// Print recent invocations, oldest first, each with its logs.
 pub async fn logs(args: LogsArgs) -> Result<ExitCode> {
     let client = Client::new(&args.server)?;
+    if args.build {
+        let path = format!("/functions/{}/build", args.name);
+        let b: BuildInfo = client.json(client.request(Method::GET, &path)).await?;
+        if args.server.json {
+            println!("{}", serde_json::to_string_pretty(&b)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("--- build {} of {}: {}", b.id, b.function, describe(&b));
+        print!("{}", b.log);
+        if !b.log.is_empty() && !b.log.ends_with('\n') {
+            println!();
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = format!("/functions/{}/logs?limit={}", args.name, args.limit);
     let list: InvocationList = client.json(client.request(Method::GET, &path)).await?;
     if args.server.json {
@@ -149,8 +166,27 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         if let (Some(at), Some(outcome)) = (&s.last_invocation, &s.last_outcome) {
             println!("last invocation: {at}, {}", outcome.as_str());
         }
+        if let Some(b) = &s.build {
+            println!("build: {} ({})", describe(b), b.id);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `building since ...`, `ready: version N at ...`, `failed at ...: why`.
+pub fn describe(b: &BuildInfo) -> String {
+    let at = b.finished_at.as_deref().unwrap_or(&b.started_at);
+    match b.state {
+        BuildState::Building => format!("building since {}", b.started_at),
+        BuildState::Ready => match b.version {
+            Some(v) => format!("ready, version {v} at {at}"),
+            None => format!("ready at {at}"),
+        },
+        BuildState::Failed => format!(
+            "failed at {at}: {}",
+            b.error.as_deref().unwrap_or("no reason recorded")
+        ),
+    }
 }
 
 /// A function's scaling flags (`faas scale`, `faas deploy`).
