@@ -372,3 +372,51 @@ async fn package_json_with_its_lock_deploys() {
     assert_eq!(s.get("/functions/evil").await.0, 404);
     s.stop_and_check_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_cut_short_by_a_crash_fails_and_leaves_nothing() {
+    if !require(
+        Executor::Native,
+        "a_build_cut_short_by_a_crash_fails_and_leaves_nothing",
+    ) {
+        return;
+    }
+    let mut s = TestServer::start(Executor::Native).await;
+    let (code, v) = s
+        .post_json(
+            "/functions",
+            &json!({"name": "cut", "language": "python", "handler": "main.handler",
+                    "files": {"main.py": PY, "requirements.txt": "pandas==2.2.2\n"}}),
+        )
+        .await;
+    assert_eq!(code, 202, "{v}");
+    // Killed while pip downloads pandas and numpy (tens of MB) in the build sandbox.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, b) = s.get("/functions/cut/build").await;
+    assert_eq!(b["state"], "building", "{b}");
+    s.kill_hard();
+    s.restart().await;
+    let (code, b) = s.get("/functions/cut/build").await;
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(b["state"], "failed", "{b}");
+    assert!(b["error"].as_str().unwrap().contains("restarted"), "{b}");
+    assert_eq!(s.get("/functions/cut").await.0, 404);
+    // Deploying again works, and the crash left no install behind.
+    s.deploy(
+        "cut",
+        "python",
+        "main.handler",
+        &[
+            ("main.py", PY),
+            ("requirements.txt", "six==1.16.0\nidna==3.5\n"),
+        ],
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        s.invoke_json("cut", json!(null)).await,
+        json!({"six": "1.16.0", "idna": "3.5"})
+    );
+    assert_eq!(layers(&s).len(), 1, "{:?}", layers(&s));
+    s.stop_and_check_clean().await;
+}
