@@ -999,8 +999,7 @@ impl Orchestrator {
             }
         };
         let duration = started.elapsed();
-        self.record(&f, &request_id, started_at, duration, cold, &result)
-            .await;
+        self.record(&f, &request_id, started_at, duration, cold, &result);
         let (body, content_type, logs) = result?;
         let proof = match (attested_kind, &self.attestation) {
             (Some(kind), Some(node)) => Some(node.sign(
@@ -1118,7 +1117,7 @@ impl Orchestrator {
     }
 
     /// Count the invocation in the metrics and keep its record.
-    async fn record(
+    fn record(
         &self,
         f: &FunctionVersion,
         request_id: &str,
@@ -1165,9 +1164,8 @@ impl Orchestrator {
             error,
             logs,
         };
-        if let Err(e) = self.store.record(f.id.clone(), record).await {
-            tracing::warn!("could not record invocation {request_id}: {e}");
-        }
+        // Written after the answer: the caller does not wait for a log line.
+        self.store.record_later(f.id.clone(), record);
     }
 
     /// Whether this node may run a function that requires `required` attestation.
@@ -1342,6 +1340,7 @@ impl Orchestrator {
     pub async fn shutdown(&self) {
         self.begin_shutdown();
         self.pool.shutdown().await;
+        self.store.settled().await;
         if let Some(build) = &self.sandboxes.build {
             if let Err(e) = build.reap_leftovers().await {
                 tracing::warn!("could not sweep build sandboxes at shutdown: {e}");

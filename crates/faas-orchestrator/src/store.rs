@@ -10,7 +10,7 @@
 //! transaction, so a data directory written by one release opens in the next.
 //! A version this release does not know (a newer release's) is refused.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -321,7 +321,49 @@ fn resolve(
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// [`Store::latest`]'s answers, so that an invocation of a known function
+    /// costs no query. Filled and cleared only while holding `conn`, by the
+    /// reads that fill it and the writes that change what it holds
+    /// ([`Store::write`]), so it never keeps what a write replaced.
+    latest: Arc<Mutex<HashMap<(TenantId, String), FunctionVersion>>>,
+    /// Invocation records written after their answer went out.
+    pending: Arc<Pending>,
 }
+
+/// Writes in flight, and a wake-up for those waiting for none.
+#[derive(Default)]
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Counts one write in flight until dropped.
+struct PendingWrite(Arc<Pending>);
+
+impl PendingWrite {
+    fn new(pending: &Arc<Pending>) -> Self {
+        pending
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        PendingWrite(pending.clone())
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Most entries of the `latest` cache; past it, it starts over.
+const MAX_CACHED_VERSIONS: usize = 4096;
 
 impl Store {
     /// Open (or create) the database at `path`.
@@ -344,7 +386,53 @@ impl Store {
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            latest: Arc::default(),
+            pending: Arc::default(),
         })
+    }
+
+    /// Keep an invocation's record without making its caller wait: the
+    /// write runs on its own, and readers of records ([`Store::invocations`],
+    /// [`Store::counts`]) and [`Store::settled`] wait for it.
+    pub fn record_later(&self, function_id: String, record: InvocationRecord) {
+        let pending = PendingWrite::new(&self.pending);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let request_id = record.request_id.clone();
+            if let Err(e) = store.record(function_id, record).await {
+                tracing::warn!("could not record invocation {request_id}: {e}");
+            }
+            drop(pending);
+        });
+    }
+
+    /// Wait (at most 5 s) until no record write is in flight.
+    pub async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let idle = self.pending.idle.notified();
+            if self.pending.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// As [`Store::with`], for a write that may change a function's newest
+    /// version or its scaling: the `latest` cache is emptied with it.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, OrchestratorError> + Send + 'static,
+    ) -> Result<T, OrchestratorError> {
+        let latest = self.latest.clone();
+        self.with(move |conn| {
+            let result = f(conn);
+            latest.lock().expect("cache lock").clear();
+            result
+        })
+        .await
     }
 
     pub(crate) async fn with<T: Send + 'static>(
@@ -372,7 +460,7 @@ impl Store {
         settings: FunctionSettings,
         make: impl FnOnce(&str, u32) -> FunctionVersion + Send + 'static,
     ) -> Result<FunctionVersion, OrchestratorError> {
-        self.with(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing: Option<String> = tx
                 .query_row(
@@ -445,8 +533,13 @@ impl Store {
         tenant: &TenantId,
         id_or_name: &str,
     ) -> Result<FunctionVersion, OrchestratorError> {
+        let cache_key = (tenant.clone(), id_or_name.to_string());
+        if let Some(found) = self.latest.lock().expect("cache lock").get(&cache_key) {
+            return Ok(found.clone());
+        }
         let key = id_or_name.to_string();
         let tenant = tenant.clone();
+        let latest = self.latest.clone();
         self.with(move |conn| {
             let row: Option<(String, String)> = conn
                 .query_row(
@@ -457,10 +550,16 @@ impl Store {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            match row {
-                Some((spec, scaling)) => version_with(&spec, &scaling),
-                None => Err(OrchestratorError::NotFound(format!("function {key:?}"))),
+            let found = match row {
+                Some((spec, scaling)) => version_with(&spec, &scaling)?,
+                None => return Err(OrchestratorError::NotFound(format!("function {key:?}"))),
+            };
+            let mut cache = latest.lock().expect("cache lock");
+            if cache.len() >= MAX_CACHED_VERSIONS {
+                cache.clear();
             }
+            cache.insert(cache_key, found.clone());
+            Ok(found)
         })
         .await
     }
@@ -606,7 +705,7 @@ impl Store {
         scaling: Scaling,
     ) -> Result<(), OrchestratorError> {
         let (tenant, id) = (tenant.clone(), id.to_string());
-        self.with(move |conn| {
+        self.write(move |conn| {
             let n = conn.execute(
                 "UPDATE functions SET scaling = ?3 WHERE id = ?1 AND tenant = ?2",
                 params![id, tenant.as_str(), serde_json::to_string(&scaling)?],
@@ -649,7 +748,7 @@ impl Store {
     ) -> Result<(String, String), OrchestratorError> {
         let key = id_or_name.to_string();
         let tenant = tenant.clone();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction()?;
             let (id, name) = resolve(&tx, &tenant, &key)?;
             tx.execute("DELETE FROM functions WHERE id = ?1", [&id])?;
@@ -794,6 +893,7 @@ impl Store {
         limit: usize,
         before: Option<i64>,
     ) -> Result<Vec<(i64, InvocationRecord)>, OrchestratorError> {
+        self.settled().await;
         let id = function_id.to_string();
         self.with(move |conn| {
             let mut stmt = conn.prepare(
@@ -1057,6 +1157,7 @@ impl Store {
 
     /// (total, failed) invocation counts of a function since it was created.
     pub async fn counts(&self, function_id: &str) -> Result<(u64, u64), OrchestratorError> {
+        self.settled().await;
         let id = function_id.to_string();
         self.with(move |conn| {
             Ok(conn.query_row(
