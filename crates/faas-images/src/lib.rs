@@ -1,8 +1,9 @@
 //! Builds and caches the runtime root filesystems function sandboxes run in.
 //!
 //! There is one image per [`Language`]: a Debian bookworm root filesystem made
-//! by `mmdebstrap --variant=essential` (plus `python3` or `nodejs`), with the
-//! guest agent, the language bootstraps and the sandbox mount points on top.
+//! by `mmdebstrap --variant=essential` (plus `python3` or `nodejs` and the C/C++
+//! runtime libraries binary packages link against), with the guest agent, the
+//! language bootstraps and the sandbox mount points on top.
 //!
 //! Cache layout under the images directory (see [`ImageStore`]):
 //!

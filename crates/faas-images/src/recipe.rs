@@ -49,17 +49,27 @@ pub(crate) const BOOTSTRAPS: [(&str, &str); 2] = [
 /// Number of hex digits of a hash used in file and directory names.
 pub(crate) const SHORT_HASH_LEN: usize = 16;
 
+/// The system libraries that binary packages may link against instead of
+/// bundling: manylinux wheels (PEP 599/600 allow libstdc++ and libgcc_s; libgomp
+/// and zlib are taken from the system in practice) and prebuilt Node.js addons
+/// (sharp's libvips needs libstdc++ and libgcc_s). Without libstdc++ numpy,
+/// python-igraph or contourpy fail to import. The X11, GL and glib libraries the
+/// policy also allows are left out: no wheel or addon we test needs them and
+/// they cost tens of MiB (docs/architecture.md, "Runtime images").
+pub(crate) const NATIVE_LIBRARIES: [&str; 4] = ["libstdc++6", "libgcc-s1", "libgomp1", "zlib1g"];
+
 /// The Debian packages (beyond the essential set) an image of `kind` needs.
-pub(crate) fn packages(kind: ImageKind) -> &'static [&'static str] {
+pub(crate) fn packages(kind: ImageKind) -> Vec<&'static str> {
     match kind {
         // Not python3-minimal: `json` and most of the stdlib live in libpython3.11-stdlib.
-        ImageKind::Runtime(Language::Python) => &["python3"],
-        ImageKind::Runtime(Language::Node) => &["nodejs"],
+        ImageKind::Runtime(Language::Python) => [&["python3"][..], &NATIVE_LIBRARIES].concat(),
+        ImageKind::Runtime(Language::Node) => [&["nodejs"][..], &NATIVE_LIBRARIES].concat(),
         // dash, bash, coreutils, sed, grep, ... are all essential.
-        ImageKind::Runtime(Language::Shell | Language::Native) => &[],
+        ImageKind::Runtime(Language::Shell | Language::Native) => vec![],
         // The installers, with the image's own interpreter and CA certificates.
-        ImageKind::Builder(Language::Python) => &["python3", "python3-pip", "ca-certificates"],
-        ImageKind::Builder(_) => &["nodejs", "npm", "ca-certificates"],
+        // They only unpack packages, never load them: no native libraries.
+        ImageKind::Builder(Language::Python) => vec!["python3", "python3-pip", "ca-certificates"],
+        ImageKind::Builder(_) => vec!["nodejs", "npm", "ca-certificates"],
     }
 }
 
@@ -201,6 +211,16 @@ mod tests {
         let mut dpkg = recipe.clone();
         dpkg.dpkg_options.pop();
         assert_ne!(recipe.hash(), dpkg.hash());
+    }
+
+    #[test]
+    fn runtimes_with_binary_packages_carry_the_native_libraries() {
+        for lang in [Language::Python, Language::Node] {
+            let recipe = BaseRecipe::for_kind(ImageKind::Runtime(lang));
+            for lib in NATIVE_LIBRARIES {
+                assert!(recipe.packages.iter().any(|p| p == lib), "{lang}: {lib}");
+            }
+        }
     }
 
     #[test]
