@@ -67,6 +67,8 @@ pub struct OrchestratorConfig {
     pub memory_budget_mb: u64,
     /// Memory limit when a deploy gives none, MiB.
     pub default_memory_mb: u32,
+    /// Largest `ephemeral_mb` (per-instance `/tmp`) a function may ask for, MiB.
+    pub max_ephemeral_mb: u32,
     /// Timeout when a deploy gives none, seconds.
     pub default_timeout_sec: u32,
     /// Limits on uploaded code.
@@ -103,6 +105,7 @@ impl Default for OrchestratorConfig {
             max_queue: 64,
             memory_budget_mb: default_memory_budget_mb(),
             default_memory_mb: 128,
+            max_ephemeral_mb: faas_common::validate::DEFAULT_MAX_EPHEMERAL_MB,
             default_timeout_sec: 30,
             code_limits: faas_archive::Limits::default(),
             concurrent_deploys: 2,
@@ -654,6 +657,15 @@ impl Orchestrator {
                 self.config.memory_budget_mb
             )));
         }
+        let ephemeral_mb = def
+            .ephemeral_mb
+            .unwrap_or(faas_common::validate::DEFAULT_EPHEMERAL_MB);
+        if ephemeral_mb > self.config.max_ephemeral_mb {
+            return Err(OrchestratorError::Invalid(format!(
+                "ephemeral_mb must be at most {} on this node",
+                self.config.max_ephemeral_mb
+            )));
+        }
         let timeout_sec = def.timeout_sec.unwrap_or(self.config.default_timeout_sec);
         let attestation = def
             .attestation
@@ -765,6 +777,7 @@ impl Orchestrator {
                     language,
                     handler,
                     memory_mb,
+                    ephemeral_mb,
                     timeout_sec,
                     dependencies,
                     env,
@@ -1021,6 +1034,7 @@ impl Orchestrator {
             starting_instances: starting,
             queued,
             effective_scaling: Some(scaling::effective(&limits)),
+            ephemeral_mb: Some(f.ephemeral_mb),
             invocations,
             failures,
             last_invocation: last.as_ref().map(|(_, r)| r.started_at.clone()),
@@ -1329,6 +1343,7 @@ impl Orchestrator {
             code_dir: Some(self.code.path(&f.code_sha256)),
             deps_dir: deps_dir.clone(),
             memory_mb: info.memory_mb,
+            ephemeral_mb: info.ephemeral_mb,
             init: Some(InitSpec {
                 language: info.language,
                 handler: info.handler.clone(),
