@@ -313,6 +313,17 @@ mod tests {
             ..def.clone()
         };
         assert!(definition(&bad_memory).is_err());
+        let no_tmp = FunctionDefinition {
+            ephemeral_mb: Some(0),
+            ..def.clone()
+        };
+        assert!(definition(&no_tmp).is_err());
+        let large_tmp = FunctionDefinition {
+            // The node's limit decides (at deploy), not the definition.
+            ephemeral_mb: Some(100_000),
+            ..def.clone()
+        };
+        assert!(definition(&large_tmp).is_ok());
         let bad_dep = FunctionDefinition {
             dependencies: vec!["git+https://x/y".into()],
             ..def

@@ -16,8 +16,7 @@ use std::sync::OnceLock;
 
 use faas_common::contract::{
     Reseed, CODE_DISK_LABEL, CONTROL_VSOCK_PORT, DEPS_DISK_LABEL, FUNCTION_UID, GUEST_CODE_DIR,
-    TMP_DISK_LABEL, TMP_MB_KERNEL_ARG,
-    GUEST_DEPS_DIR, RESEED_FAILED, RESEED_LEN, RESEED_OK,
+    GUEST_DEPS_DIR, RESEED_FAILED, RESEED_LEN, RESEED_OK, TMP_DISK_LABEL, TMP_MB_KERNEL_ARG,
 };
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -208,7 +207,13 @@ fn mount_tmp() {
     if let Some(dev) = find_disk(TMP_DISK_LABEL) {
         // `noinit_itable`: the host made the inode tables sparse zeros
         // already; zeroing them would fill the disk's file on the host.
-        match mount(&dev, "/tmp", "ext4", flags | libc::MS_NOATIME, "noinit_itable") {
+        match mount(
+            &dev,
+            "/tmp",
+            "ext4",
+            flags | libc::MS_NOATIME,
+            "noinit_itable",
+        ) {
             Ok(()) => {
                 use std::os::unix::fs::PermissionsExt;
                 if let Err(e) =

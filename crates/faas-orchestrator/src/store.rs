@@ -1140,10 +1140,7 @@ pub(crate) mod tests {
         assert_eq!(f.deps_sha256.as_deref(), Some("bb22"));
         assert_eq!(f.info().sandbox, SandboxKind::Native);
         // Written before functions had ephemeral storage: the default.
-        assert_eq!(
-            f.ephemeral_mb,
-            faas_common::validate::DEFAULT_EPHEMERAL_MB
-        );
+        assert_eq!(f.ephemeral_mb, faas_common::validate::DEFAULT_EPHEMERAL_MB);
         let conn = Connection::open(&path).unwrap();
         let v: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))

@@ -41,13 +41,12 @@ def handler(event, context):
     raise ValueError("unknown op " + op)
 "#;
 
-/// Loop devices backed by a file under `data` (`losetup -a`).
+/// Loop devices backed by a file under `data`, a canonical path (`losetup -a`).
 fn loop_devices_of(data: &std::path::Path) -> Vec<String> {
     let out = std::process::Command::new("losetup")
         .arg("-a")
         .output()
         .expect("losetup -a");
-    let data = data.canonicalize().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(&*data.to_string_lossy()))
@@ -116,13 +115,11 @@ async fn tmp_is_sized_kept_warm_and_bounded(executor: Executor) {
     );
     assert_eq!(size["mode"], "0o1777", "{size}");
     if !executor.is_vm() {
-        // On the host: a loop device of the instance's own disk.
-        assert_eq!(
-            loop_devices_of(s.data_dir()).len(),
-            1,
-            "{:?}",
-            loop_devices_of(s.data_dir())
-        );
+        // On the host: a loop device of the instance's own disk (beside the
+        // code view's).
+        let devices = loop_devices_of(s.layout().root());
+        let disks = devices.iter().filter(|d| d.contains("/run/ephemeral/"));
+        assert_eq!(disks.count(), 1, "{devices:?}");
     }
 
     // Two calls at once: the warm instance has the files, a new instance
@@ -137,15 +134,31 @@ async fn tmp_is_sized_kept_warm_and_bounded(executor: Executor) {
     assert_eq!(seen[1].as_array().map(Vec::len), Some(5), "{seen:?}");
 
     // Bounded: 150 MB into 100 MiB is ENOSPC, the handler's error; the
-    // instance and the platform carry on.
-    s.deploy(
-        "small",
-        "python",
-        "main.handler",
-        &[("main.py", TMP)],
-        json!({"ephemeral_mb": 100}),
-    )
-    .await;
+    // instance and the platform carry on. Deployed with the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("main.py");
+    std::fs::write(&main, TMP).unwrap();
+    let out = s
+        .cli(
+            &[
+                "deploy",
+                main.to_str().unwrap(),
+                "--name",
+                "small",
+                "--ephemeral-mb",
+                "100",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("100 MB /tmp"), "{out:?}");
+    let out = s.cli(&["status", "small"], None).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("ephemeral storage: 100 MB /tmp"),
+        "{out:?}"
+    );
     let size = df(&s, "small").await;
     let size_kb = size["size_kb"].as_u64().unwrap();
     assert!(
@@ -162,10 +175,7 @@ async fn tmp_is_sized_kept_warm_and_bounded(executor: Executor) {
     // The instance is still there (a handler error keeps it), full.
     let left = df(&s, "small").await;
     assert!(left["avail_kb"].as_u64().unwrap() < 1024, "{left}");
-    assert_eq!(
-        s.invoke_json("small", json!({"op": "rm"})).await,
-        "removed"
-    );
+    assert_eq!(s.invoke_json("small", json!({"op": "rm"})).await, "removed");
     let (status, health) = s.get("/healthz").await;
     assert_eq!(status, 200, "{health}");
 
@@ -181,8 +191,8 @@ async fn tmp_is_sized_kept_warm_and_bounded(executor: Executor) {
     let size = df(&s, "tiny").await;
     assert_eq!(size["size_kb"], 32 * 1024, "df /tmp: {size}");
 
-    let data = s.data_dir().to_path_buf();
-    let ephemeral = s.layout().root().join("run/ephemeral");
+    let data = s.layout().root().to_path_buf();
+    let ephemeral = data.join("run/ephemeral");
     s.stop_and_check_clean().await;
     assert_eq!(loop_devices_of(&data), Vec::<String>::new());
     let files: Vec<_> = std::fs::read_dir(&ephemeral)

@@ -43,8 +43,8 @@ use tokio::process::Child;
 
 use crate::ephemeral::{self, TmpKind, TMPFS_MAX_MB};
 use crate::instance::{AgentInstance, Backend};
-use faas_common::contract::{TMP_DISK_LABEL, TMP_MB_KERNEL_ARG};
 use crate::{ExecutorError, Instance, InstanceSpec, Sandbox};
+use faas_common::contract::{TMP_DISK_LABEL, TMP_MB_KERNEL_ARG};
 pub use firecracker::{FirecrackerApi, FirecrackerConfig};
 pub use qemu::{Accel, QemuConfig};
 use snapshot::prune_snapshots;
@@ -354,7 +354,9 @@ impl MicrovmSandbox {
                     // The disk as it was when the state was saved: the guest's
                     // memory and its filesystem must agree.
                     Some(state) => copy_sparse(&saved_scratch(state), scratch).await?,
-                    None => ephemeral::make_image(scratch, spec.ephemeral_mb, TMP_DISK_LABEL).await?,
+                    None => {
+                        ephemeral::make_image(scratch, spec.ephemeral_mb, TMP_DISK_LABEL).await?
+                    }
                 }
             }
             plan.restore_from = restore_from;
@@ -458,7 +460,10 @@ impl MicrovmSandbox {
             // unless it cannot be resumed, which makes it unusable.
             match instance
                 .backend_mut()
-                .save(&state, plan.scratch.as_deref().map(|s| (s, saved_scratch(&state))))
+                .save(
+                    &state,
+                    plan.scratch.as_deref().map(|s| (s, saved_scratch(&state))),
+                )
                 .await
             {
                 Ok(()) => {
@@ -517,8 +522,10 @@ impl Sandbox for MicrovmSandbox {
             self.snapshot_path(&plan, init)
         };
         let saved_disk_ok = |state: &Path| {
-            !matches!(TmpKind::of(spec.ephemeral_mb, TMPFS_MAX_MB), TmpKind::Disk(_))
-                || saved_scratch(state).is_file()
+            !matches!(
+                TmpKind::of(spec.ephemeral_mb, TMPFS_MAX_MB),
+                TmpKind::Disk(_)
+            ) || saved_scratch(state).is_file()
         };
         if state.is_file() && saved_disk_ok(&state) {
             // Recently used states are the ones pruning keeps.

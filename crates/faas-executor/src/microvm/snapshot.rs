@@ -57,13 +57,7 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            [
-                "c.state",
-                "c.tmpdisk",
-                "d.state",
-                "d.tmpdisk",
-                "e.vm-1.tmp"
-            ]
+            ["c.state", "c.tmpdisk", "d.state", "d.tmpdisk", "e.vm-1.tmp"]
         );
     }
 }
