@@ -132,6 +132,11 @@ async fn tmp_is_sized_kept_warm_and_bounded(executor: Executor) {
     seen.sort_by_key(|v| v.as_array().map_or(0, Vec::len));
     assert_eq!(seen[0], json!([]), "another instance shares /tmp: {seen:?}");
     assert_eq!(seen[1].as_array().map(Vec::len), Some(5), "{seen:?}");
+    if executor == Executor::Microvm {
+        // The second VM was loaded from the first one's saved state (with
+        // its saved /tmp disk), not booted.
+        assert!(s.log().contains("microVM restored"), "{}", s.log());
+    }
 
     // Bounded: 150 MB into 100 MiB is ENOSPC, the handler's error; the
     // instance and the platform carry on. Deployed with the CLI.

@@ -517,17 +517,12 @@ impl Sandbox for MicrovmSandbox {
         let Some(init) = spec.init.as_ref().filter(|_| self.snapshots()) else {
             return self.boot(spec, None).await;
         };
-        let state = {
+        let (state, needs_disk) = {
             let plan = self.plan(&spec, self.config.run_dir.clone()).await?;
-            self.snapshot_path(&plan, init)
+            (self.snapshot_path(&plan, init), plan.scratch.is_some())
         };
-        let saved_disk_ok = |state: &Path| {
-            !matches!(
-                TmpKind::of(spec.ephemeral_mb, TMPFS_MAX_MB),
-                TmpKind::Disk(_)
-            ) || saved_scratch(state).is_file()
-        };
-        if state.is_file() && saved_disk_ok(&state) {
+        // A state is only whole with its /tmp disk, if it has one.
+        if state.is_file() && (!needs_disk || saved_scratch(&state).is_file()) {
             // Recently used states are the ones pruning keeps.
             if let Ok(f) = std::fs::File::open(&state) {
                 let _ = f.set_modified(std::time::SystemTime::now());
@@ -538,6 +533,7 @@ impl Sandbox for MicrovmSandbox {
                     // A state that does not load is dropped; this start boots.
                     tracing::warn!("restoring {} failed, booting: {e}", state.display());
                     let _ = tokio::fs::remove_file(&state).await;
+                    let _ = tokio::fs::remove_file(saved_scratch(&state)).await;
                 }
             }
         }
