@@ -579,21 +579,13 @@ fn saved_scratch(state: &Path) -> PathBuf {
 
 /// Copy `from` to `to`, keeping holes (the disks are mostly holes).
 async fn copy_sparse(from: &Path, to: &Path) -> Result<(), ExecutorError> {
-    let out = tokio::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to)
-        .output()
-        .await
-        .map_err(ExecutorError::io("run cp"))?;
-    if !out.status.success() {
-        return Err(ExecutorError::Start(format!(
-            "cannot copy {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    let (from, to) = (from.to_path_buf(), to.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        ephemeral::copy_sparse(&from, &to)
+            .map_err(ExecutorError::io(format!("copy {}", from.display())))
+    })
+    .await
+    .map_err(|e| ExecutorError::Start(format!("copy task: {e}")))?
 }
 
 /// The host's TSC frequency in kHz, from `/proc/cpuinfo`.

@@ -253,9 +253,13 @@ impl VmBackend {
         let tmp = state.with_extension(format!("{}.tmp", self.id));
         let saved = match qmp.save(&tmp, Duration::from_secs(120)).await {
             Ok(()) => match &scratch {
-                Some((disk, keep)) => super::copy_sparse(disk, keep)
-                    .await
-                    .map_err(|e| qmp::QmpError::Migration(format!("keeping the /tmp disk: {e}"))),
+                Some((disk, keep)) => {
+                    // One left by a state since pruned would refuse the copy.
+                    let _ = tokio::fs::remove_file(keep).await;
+                    super::copy_sparse(disk, keep).await.map_err(|e| {
+                        qmp::QmpError::Migration(format!("keeping the /tmp disk: {e}"))
+                    })
+                }
                 None => Ok(()),
             },
             Err(e) => Err(e),
