@@ -456,4 +456,34 @@ mod tests {
         assert!(!mountinfo().contains(&*point.to_string_lossy()));
         assert!(!dir.path().join("eph").exists());
     }
+
+    /// What a disk adds to a cold start (docs/benchmarks.md):
+    /// `cargo test -p faas-executor --lib ephemeral::tests::cost -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn cost_of_a_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let disks = EphemeralDisks::new(dir.path().join("eph"));
+        for mb in [512, 10_240] {
+            let started = std::time::Instant::now();
+            drop(disks.mounted("first", mb).await.unwrap());
+            let first = started.elapsed();
+            let (mut up, mut down) = (Vec::new(), Vec::new());
+            for i in 0..50 {
+                let started = std::time::Instant::now();
+                let disk = disks.mounted(&format!("d{i}"), mb).await.unwrap();
+                up.push(started.elapsed());
+                let started = std::time::Instant::now();
+                drop(disk);
+                down.push(started.elapsed());
+            }
+            up.sort();
+            down.sort();
+            println!(
+                "{mb} MiB: first (template) {first:?}; ready p50 {:?} p90 {:?}; removed p50 {:?} p90 {:?}",
+                up[25], up[45], down[25], down[45]
+            );
+        }
+        disks.sweep();
+    }
 }

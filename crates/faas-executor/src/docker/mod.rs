@@ -631,7 +631,7 @@ impl Backend for DockerBackend {
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         self.views.clear();
         if let Some(tmp) = self.tmp.take() {
-            // Unmounting waits for `umount`: off the async threads.
+            // Unmounting blocks: off the async threads.
             let _ = tokio::task::spawn_blocking(move || drop(tmp)).await;
         }
         self.ids = None;

@@ -121,7 +121,7 @@ impl InstanceGuard {
         }
         self.views.clear();
         if let Some(tmp) = self.tmp.take() {
-            // Unmounting waits for `umount`: off the async threads.
+            // Unmounting blocks: off the async threads.
             let _ = tokio::task::spawn_blocking(move || drop(tmp)).await;
         }
         self.ids = None;
