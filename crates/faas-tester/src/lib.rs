@@ -645,11 +645,15 @@ impl TestServer {
                 found.push(format!("mount {line}"));
             }
         }
-        // Ephemeral-storage disks: their files, and loop devices on them.
+        // Ephemeral-storage disks: their files, and loop devices on them. The
+        // per-size templates they copy are a cache of the run, which the
+        // shutdown removes with the directory (`tests/ephemeral.rs` checks).
         for kind in ["native", "docker"] {
             if let Ok(entries) = std::fs::read_dir(layout.ephemeral(kind)) {
                 for e in entries.flatten() {
-                    found.push(format!("{kind} ephemeral storage {}", e.path().display()));
+                    if !e.file_name().to_string_lossy().starts_with("template-") {
+                        found.push(format!("{kind} ephemeral storage {}", e.path().display()));
+                    }
                 }
             }
         }
