@@ -22,6 +22,8 @@ need_root() {
 install_packages() {
     # The sandboxes and their images; the test suite's Docker engine.
     local want=(runc mmdebstrap ca-certificates curl docker.io git)
+    # mke2fs and mount's loop devices: code views and per-instance /tmp disks.
+    want+=(e2fsprogs mount)
     # Egress policies: veth links (iproute2) and their rules (nftables).
     want+=(iproute2 nftables)
     # Building: a C toolchain for -sys crates (SQLite, zstd, lz4); the

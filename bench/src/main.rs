@@ -34,6 +34,11 @@ struct Args {
     /// what a network link costs a cold start); nothing is ever sent to it.
     #[arg(long, value_name = "DEST")]
     egress: Option<String>,
+    /// Deploy every function with this `ephemeral_mb` (to measure what a
+    /// disk-backed `/tmp`, above 64 MiB, costs a cold start) [default: the
+    /// platform's, 512].
+    #[arg(long, value_name = "MB")]
+    ephemeral_mb: Option<u32>,
 }
 
 const FUNCTIONS: &[Function] = &[
@@ -75,16 +80,21 @@ async fn main() -> Result<()> {
         flags.push("--insecure-no-auth");
     }
     let server = TestServer::start_with(executor, &flags).await;
-    let extra = match &args.egress {
+    let mut extra = match &args.egress {
         Some(dest) => json!({"network": {"egress": [dest]}}),
         None => json!({}),
     };
+    if let Some(mb) = args.ephemeral_mb {
+        extra["ephemeral_mb"] = json!(mb);
+    }
     println!(
-        "# faas-bench: executor {}, {} cores, auth {}, egress {}",
+        "# faas-bench: executor {}, {} cores, auth {}, egress {}, ephemeral_mb {}",
         args.executor,
         num_cpus(),
         if args.insecure_no_auth { "off" } else { "on" },
         args.egress.as_deref().unwrap_or("none"),
+        args.ephemeral_mb
+            .map_or("default".to_string(), |mb| mb.to_string()),
     );
     println!(
         "{:<7} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>9}",

@@ -24,6 +24,9 @@ pub struct FunctionInfo {
     pub memory_mb: u32,
     /// Invocation time limit in seconds.
     pub timeout_sec: u32,
+    /// Size of each instance's `/tmp` in MiB.
+    #[serde(default = "crate::validate::default_ephemeral_mb")]
+    pub ephemeral_mb: u32,
     /// Declared dependencies.
     pub dependencies: Vec<String>,
     /// Environment variables.
@@ -78,6 +81,9 @@ pub struct FunctionStatus {
     /// The scaling in force: the function's, with the node's defaults filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_scaling: Option<crate::Scaling>,
+    /// Size of each instance's `/tmp` in MiB (the newest version's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_mb: Option<u32>,
     /// Invocations recorded for this function.
     pub invocations: u64,
     /// Of which failed (handler error, timeout, crash).

@@ -31,6 +31,16 @@ pub const FUNCTION_UID: u32 = 1000;
 pub const CODE_DISK_LABEL: &str = "faas-code";
 /// ext4 label of a microVM's dependency disk (mounted at [`GUEST_DEPS_DIR`]).
 pub const DEPS_DISK_LABEL: &str = "faas-deps";
+/// ext4 label of a microVM's writable ephemeral-storage disk, mounted at
+/// `/tmp` in place of the tmpfs when the VM has one.
+pub const TMP_DISK_LABEL: &str = "faas-tmp";
+/// Kernel argument that sizes a microVM's `/tmp` tmpfs (MiB) when it has no
+/// [`TMP_DISK_LABEL`] disk.
+pub const TMP_MB_KERNEL_ARG: &str = "faas.tmp_mb";
+/// Ephemeral storage up to this many MiB is a tmpfs (charged to the
+/// instance's memory, as small as it is); above, a disk of its own, so a
+/// large `/tmp` never costs memory.
+pub const TMPFS_MAX_MB: u32 = 64;
 
 /// vsock port of the agent's frame protocol in a microVM.
 pub const AGENT_VSOCK_PORT: u32 = crate::protocol::AGENT_VSOCK_PORT;

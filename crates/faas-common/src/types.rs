@@ -162,6 +162,11 @@ pub struct FunctionDefinition {
     /// Wall-clock limit of one invocation, in seconds.
     #[serde(default)]
     pub timeout_sec: Option<u32>,
+    /// Size of `/tmp` of one instance, in MiB (default 512, at most the
+    /// node's `max_ephemeral_mb`); it persists across the calls one warm
+    /// instance serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_mb: Option<u32>,
     /// Source files by relative path; an alternative to `code_base64`.
     #[serde(default)]
     pub files: Option<BTreeMap<String, String>>,

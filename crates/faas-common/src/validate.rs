@@ -10,6 +10,16 @@ use crate::{FunctionDefinition, Language};
 
 /// Memory a function may ask for, MiB (a node may allow less).
 pub const MEMORY_RANGE_MB: std::ops::RangeInclusive<u32> = 32..=8192;
+/// Ephemeral storage (`/tmp`) of a function that gives none, MiB (Lambda's default).
+pub const DEFAULT_EPHEMERAL_MB: u32 = 512;
+/// The node limit on `ephemeral_mb` when its operator sets none, MiB (Lambda's maximum).
+pub const DEFAULT_MAX_EPHEMERAL_MB: u32 = 10_240;
+/// [`DEFAULT_EPHEMERAL_MB`], for `#[serde(default = ...)]`: what records
+/// written before functions had an `ephemeral_mb` read as.
+pub fn default_ephemeral_mb() -> u32 {
+    DEFAULT_EPHEMERAL_MB
+}
+
 /// Timeout a function may ask for, seconds.
 pub const TIMEOUT_RANGE_SEC: std::ops::RangeInclusive<u32> = 1..=900;
 /// Allowed `max_instances`.
@@ -56,6 +66,10 @@ pub fn definition(def: &FunctionDefinition) -> Result<Language, DefinitionError>
                 MEMORY_RANGE_MB.end()
             )));
         }
+    }
+    if def.ephemeral_mb == Some(0) {
+        // The upper bound is the node's (`max_ephemeral_mb`), checked at deploy.
+        return Err(bad("ephemeral_mb must be at least 1"));
     }
     if let Some(t) = def.timeout_sec {
         if !TIMEOUT_RANGE_SEC.contains(&t) {
@@ -299,6 +313,17 @@ mod tests {
             ..def.clone()
         };
         assert!(definition(&bad_memory).is_err());
+        let no_tmp = FunctionDefinition {
+            ephemeral_mb: Some(0),
+            ..def.clone()
+        };
+        assert!(definition(&no_tmp).is_err());
+        let large_tmp = FunctionDefinition {
+            // The node's limit decides (at deploy), not the definition.
+            ephemeral_mb: Some(100_000),
+            ..def.clone()
+        };
+        assert!(definition(&large_tmp).is_ok());
         let bad_dep = FunctionDefinition {
             dependencies: vec!["git+https://x/y".into()],
             ..def

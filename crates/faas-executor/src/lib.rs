@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod docker;
 mod egress;
+pub mod ephemeral;
 mod error;
 pub mod ids;
 mod instance;
@@ -45,8 +46,12 @@ pub struct InstanceSpec {
     /// Host directory with installed dependencies, mounted read-only at
     /// [`faas_common::contract::GUEST_DEPS_DIR`].
     pub deps_dir: Option<PathBuf>,
-    /// Memory limit in MiB (also bounds `/tmp`, which lives in memory).
+    /// Memory limit in MiB (also bounds a `/tmp` that lives in memory).
     pub memory_mb: u32,
+    /// Size of `/tmp` in MiB: a tmpfs up to
+    /// [`faas_common::contract::TMPFS_MAX_MB`], a disk of the instance's own
+    /// above (see [`ephemeral`]).
+    pub ephemeral_mb: u32,
     /// The handler to load; `None` for a bare instance that only runs `exec`.
     pub init: Option<InitSpec>,
     /// Destinations the instance may reach; empty: no network at all.
@@ -181,6 +186,8 @@ impl<S: Sandbox + ?Sized> SandboxExecutor for S {
                 code_dir: None,
                 deps_dir: None,
                 memory_mb: config.memory_mb,
+                // A one-shot command gets the small, memory-backed /tmp it always had.
+                ephemeral_mb: faas_common::contract::TMPFS_MAX_MB,
                 init: None,
                 egress: Vec::new(),
             })

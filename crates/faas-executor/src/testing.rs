@@ -217,6 +217,7 @@ pub fn instance_spec() -> InstanceSpec {
         code_dir: None,
         deps_dir: None,
         memory_mb: 64,
+        ephemeral_mb: 64,
         init: Some(faas_common::protocol::InitSpec {
             language: faas_common::Language::Python,
             handler: "m.h".into(),

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use faas_common::contract::{
     Reseed, CODE_DISK_LABEL, CONTROL_VSOCK_PORT, DEPS_DISK_LABEL, FUNCTION_UID, GUEST_CODE_DIR,
-    GUEST_DEPS_DIR, RESEED_FAILED, RESEED_LEN, RESEED_OK,
+    GUEST_DEPS_DIR, RESEED_FAILED, RESEED_LEN, RESEED_OK, TMP_DISK_LABEL, TMP_MB_KERNEL_ARG,
 };
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -32,17 +32,10 @@ static FUNCTION_FILTER: OnceLock<Vec<seccompiler::sock_filter>> = OnceLock::new(
 /// Set the guest up. Failures are printed (they reach the VM console, which the
 /// host keeps) and the agent carries on with what works.
 pub fn init() {
-    let mounts: [(&str, &str, &str, libc::c_ulong, &str); 6] = [
+    let mounts: [(&str, &str, &str, libc::c_ulong, &str); 5] = [
         ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
         ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
         ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
-        (
-            "tmpfs",
-            "/tmp",
-            "tmpfs",
-            libc::MS_NOSUID | libc::MS_NODEV,
-            "mode=1777",
-        ),
         ("tmpfs", "/run", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=0755"),
         ("cgroup2", CGROUP_ROOT, "cgroup2", NOSUID_NODEV_NOEXEC, ""),
     ];
@@ -61,6 +54,7 @@ pub fn init() {
             std::io::Error::last_os_error()
         );
     }
+    mount_tmp();
     mount_disk(CODE_DISK_LABEL, GUEST_CODE_DIR);
     mount_disk(DEPS_DISK_LABEL, GUEST_DEPS_DIR);
     let memory_mb = kernel_arg("faas.memory_mb").and_then(|v| v.parse::<u64>().ok());
@@ -196,23 +190,61 @@ fn kernel_arg(key: &str) -> Option<String> {
 /// Mount the virtio disk whose ext4 label is `label` read-only at `target`;
 /// absent disks are normal (no code for `/execute`, no dependencies).
 fn mount_disk(label: &str, target: &str) {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("vd") {
-            continue;
-        }
-        let dev = format!("/dev/{name}");
-        if ext4_label(&dev).as_deref() == Some(label) {
-            let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
-            if let Err(e) = mount(&dev, target, "ext4", flags, "") {
-                eprintln!("faas-guest-agent: mount {dev} at {target}: {e}");
-            }
-            return;
+    if let Some(dev) = find_disk(label) {
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+        if let Err(e) = mount(&dev, target, "ext4", flags, "") {
+            eprintln!("faas-guest-agent: mount {dev} at {target}: {e}");
         }
     }
+}
+
+/// `/tmp`: the VM's own writable disk ([`TMP_DISK_LABEL`]) when the host
+/// attached one, else a tmpfs of the function's `ephemeral_mb` (the
+/// [`TMP_MB_KERNEL_ARG`] argument; unbounded but by memory without it).
+/// Either way world-writable and sticky, without devices or setuid.
+fn mount_tmp() {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if let Some(dev) = find_disk(TMP_DISK_LABEL) {
+        // `noinit_itable`: the host made the inode tables sparse zeros
+        // already; zeroing them would fill the disk's file on the host.
+        match mount(
+            &dev,
+            "/tmp",
+            "ext4",
+            flags | libc::MS_NOATIME,
+            "noinit_itable",
+        ) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                if let Err(e) =
+                    std::fs::set_permissions("/tmp", std::fs::Permissions::from_mode(0o1777))
+                {
+                    eprintln!("faas-guest-agent: chmod /tmp: {e}");
+                }
+                // An empty /tmp, as on a tmpfs.
+                let _ = std::fs::remove_dir("/tmp/lost+found");
+                return;
+            }
+            Err(e) => eprintln!("faas-guest-agent: mount {dev} at /tmp: {e}; a tmpfs instead"),
+        }
+    }
+    let size = kernel_arg(TMP_MB_KERNEL_ARG)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|mb| format!(",size={mb}m"))
+        .unwrap_or_default();
+    if let Err(e) = mount("tmpfs", "/tmp", "tmpfs", flags, &format!("mode=1777{size}")) {
+        eprintln!("faas-guest-agent: mount /tmp: {e}");
+    }
+}
+
+/// The virtio disk (`/dev/vdX`) whose ext4 label is `label`.
+fn find_disk(label: &str) -> Option<String> {
+    let entries = std::fs::read_dir("/sys/block").ok()?;
+    entries.flatten().find_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dev = format!("/dev/{name}");
+        (name.starts_with("vd") && ext4_label(&dev).as_deref() == Some(label)).then_some(dev)
+    })
 }
 
 /// `s_volume_name` of an ext4 superblock (offset 1024 + 0x78, 16 bytes).

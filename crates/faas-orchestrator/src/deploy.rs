@@ -106,6 +106,7 @@ struct Prepared {
     language: Language,
     handler: String,
     memory_mb: u32,
+    ephemeral_mb: u32,
     timeout_sec: u32,
     env: std::collections::BTreeMap<String, String>,
     sandbox: SandboxKind,
@@ -260,6 +261,15 @@ impl Orchestrator {
                 self.config.memory_budget_mb
             )));
         }
+        let ephemeral_mb = def
+            .ephemeral_mb
+            .unwrap_or(faas_common::validate::DEFAULT_EPHEMERAL_MB);
+        if ephemeral_mb > self.config.max_ephemeral_mb {
+            return Err(OrchestratorError::Invalid(format!(
+                "ephemeral_mb must be at most {} on this node",
+                self.config.max_ephemeral_mb
+            )));
+        }
         let timeout_sec = def.timeout_sec.unwrap_or(self.config.default_timeout_sec);
         let attestation = def
             .attestation
@@ -336,6 +346,7 @@ impl Orchestrator {
             language,
             handler,
             memory_mb,
+            ephemeral_mb,
             timeout_sec,
             env: def.env,
             sandbox,
@@ -517,7 +528,8 @@ impl Orchestrator {
             ));
         }
         let (name, language, handler) = (p.name.clone(), p.language, p.handler);
-        let (memory_mb, timeout_sec, env) = (p.memory_mb, p.timeout_sec, p.env);
+        let (memory_mb, ephemeral_mb, timeout_sec) = (p.memory_mb, p.ephemeral_mb, p.timeout_sec);
+        let env = p.env;
         let (sandbox, attestation, egress) = (p.sandbox, p.attestation, p.egress);
         let (dependencies, max_retries) = (p.request.specs, p.max_retries);
         let deps_sha256 = installed.as_ref().map(|l| l.sha.clone());
@@ -540,6 +552,7 @@ impl Orchestrator {
                     language,
                     handler,
                     memory_mb,
+                    ephemeral_mb,
                     timeout_sec,
                     dependencies,
                     env,

@@ -67,6 +67,8 @@ pub struct OrchestratorConfig {
     pub memory_budget_mb: u64,
     /// Memory limit when a deploy gives none, MiB.
     pub default_memory_mb: u32,
+    /// Largest `ephemeral_mb` (per-instance `/tmp`) a function may ask for, MiB.
+    pub max_ephemeral_mb: u32,
     /// Timeout when a deploy gives none, seconds.
     pub default_timeout_sec: u32,
     /// Limits on uploaded code.
@@ -103,6 +105,7 @@ impl Default for OrchestratorConfig {
             max_queue: 64,
             memory_budget_mb: default_memory_budget_mb(),
             default_memory_mb: 128,
+            max_ephemeral_mb: faas_common::validate::DEFAULT_MAX_EPHEMERAL_MB,
             default_timeout_sec: 30,
             code_limits: faas_archive::Limits::default(),
             concurrent_deploys: 2,
@@ -862,6 +865,7 @@ impl Orchestrator {
                     starting_instances: 0,
                     queued: 0,
                     effective_scaling: None,
+                    ephemeral_mb: None,
                     invocations: 0,
                     failures: 0,
                     last_invocation: None,
@@ -893,6 +897,7 @@ impl Orchestrator {
             starting_instances: starting,
             queued,
             effective_scaling: Some(scaling::effective(&limits)),
+            ephemeral_mb: Some(f.ephemeral_mb),
             invocations,
             failures,
             last_invocation: last.as_ref().map(|(_, r)| r.started_at.clone()),
@@ -1200,6 +1205,7 @@ impl Orchestrator {
             code_dir: Some(self.code.path(&f.code_sha256)),
             deps_dir: deps_dir.clone(),
             memory_mb: info.memory_mb,
+            ephemeral_mb: info.ephemeral_mb,
             init: Some(InitSpec {
                 language: info.language,
                 handler: info.handler.clone(),

@@ -54,6 +54,10 @@ pub struct FunctionVersion {
     pub handler: String,
     /// Memory limit, MiB.
     pub memory_mb: u32,
+    /// Size of each instance's `/tmp`, MiB (versions stored before it
+    /// existed read as the default).
+    #[serde(default = "faas_common::validate::default_ephemeral_mb")]
+    pub ephemeral_mb: u32,
     /// Invocation time limit, seconds.
     pub timeout_sec: u32,
     /// Declared dependencies, as given.
@@ -96,6 +100,7 @@ impl FunctionVersion {
             language: self.language,
             handler: self.handler.clone(),
             memory_mb: self.memory_mb,
+            ephemeral_mb: self.ephemeral_mb,
             timeout_sec: self.timeout_sec,
             dependencies: self.dependencies.clone(),
             env: self.env.clone(),
@@ -1308,6 +1313,7 @@ pub(crate) mod tests {
             language: Language::Shell,
             handler: "run.sh".into(),
             memory_mb: 64,
+            ephemeral_mb: 64,
             timeout_sec: 5,
             dependencies: vec![],
             env: BTreeMap::new(),
@@ -1364,6 +1370,8 @@ pub(crate) mod tests {
         assert_eq!(f.code_sha256, "aa11");
         assert_eq!(f.deps_sha256.as_deref(), Some("bb22"));
         assert_eq!(f.info().sandbox, SandboxKind::Native);
+        // Written before functions had ephemeral storage: the default.
+        assert_eq!(f.ephemeral_mb, faas_common::validate::DEFAULT_EPHEMERAL_MB);
         let conn = Connection::open(&path).unwrap();
         let v: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))

@@ -284,6 +284,7 @@ fn native_config(
         pids_limit,
         cpu_quota_us: n.cpu_quota_us.unwrap_or(defaults.cpu_quota_us),
         tmp_mb: n.tmp_mb.unwrap_or(defaults.tmp_mb),
+        ephemeral_dir: layout.ephemeral("native"),
         egress,
         ..defaults
     }
@@ -306,6 +307,7 @@ fn docker_config(
         pids_limit: d.pids_limit.unwrap_or(defaults.pids_limit),
         cpus: d.cpus.unwrap_or(defaults.cpus),
         tmp_mb: d.tmp_mb.unwrap_or(defaults.tmp_mb),
+        ephemeral_dir: layout.ephemeral("docker"),
         egress,
         ..defaults
     }

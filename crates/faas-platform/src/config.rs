@@ -56,6 +56,10 @@ pub struct Flags {
     /// the rest get 429, unless the function sets `max_queue` [default: 64].
     #[arg(long, env = "FAAS_MAX_QUEUE")]
     pub max_queue: Option<usize>,
+    /// Largest `ephemeral_mb` (the per-instance `/tmp`, on disk above 64 MiB)
+    /// a function may ask for, MiB [default: 10240].
+    #[arg(long, env = "FAAS_MAX_EPHEMERAL_MB", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_ephemeral_mb: Option<u32>,
     /// Seconds final asynchronous results and dead letters are kept [default: 86400].
     #[arg(long, env = "FAAS_ASYNC_RETENTION_SEC")]
     pub async_retention_sec: Option<u64>,
@@ -145,6 +149,8 @@ pub struct FileConfig {
     pub max_instances_per_function: Option<usize>,
     /// Invocations that may wait for one function's instances.
     pub max_queue: Option<usize>,
+    /// Largest per-instance `/tmp` a function may ask for, MiB.
+    pub max_ephemeral_mb: Option<u32>,
     /// Seconds final asynchronous results are kept.
     pub async_retention_sec: Option<u64>,
     /// Asynchronous invocations one tenant may have waiting.
@@ -243,7 +249,8 @@ pub struct DockerFileConfig {
     pub pids_limit: Option<i64>,
     /// CPUs per container.
     pub cpus: Option<f64>,
-    /// `/tmp` size in MiB.
+    /// The largest `/tmp` kept in memory (a tmpfs), MiB; a function's larger
+    /// `ephemeral_mb` is a disk.
     pub tmp_mb: Option<u32>,
 }
 
@@ -259,7 +266,8 @@ pub struct NativeFileConfig {
     pub pids_limit: Option<i64>,
     /// CPU microseconds per 100 ms.
     pub cpu_quota_us: Option<i64>,
-    /// `/tmp` size in MiB.
+    /// The largest `/tmp` kept in memory (a tmpfs), MiB; a function's larger
+    /// `ephemeral_mb` is a disk.
     pub tmp_mb: Option<u32>,
     /// Map instances through a user namespace (default false; see
     /// `docs/security.md` for why).
@@ -293,7 +301,8 @@ pub struct NativeSettings {
     pub pids_limit: Option<i64>,
     /// CPU microseconds per 100 ms.
     pub cpu_quota_us: Option<i64>,
-    /// `/tmp` size in MiB.
+    /// The largest `/tmp` kept in memory (a tmpfs), MiB; a function's larger
+    /// `ephemeral_mb` is a disk.
     pub tmp_mb: Option<u32>,
     /// Map instances through a user namespace; `None`: the sandbox's default (no).
     pub user_namespace: Option<bool>,
@@ -308,7 +317,8 @@ pub struct DockerSettings {
     pub pids_limit: Option<i64>,
     /// CPUs per container.
     pub cpus: Option<f64>,
-    /// `/tmp` size in MiB.
+    /// The largest `/tmp` kept in memory (a tmpfs), MiB; a function's larger
+    /// `ephemeral_mb` is a disk.
     pub tmp_mb: Option<u32>,
 }
 
@@ -500,6 +510,10 @@ impl PlatformConfig {
                 .max_queue
                 .or(file.max_queue)
                 .unwrap_or(defaults.max_queue),
+            max_ephemeral_mb: flags
+                .max_ephemeral_mb
+                .or(file.max_ephemeral_mb)
+                .unwrap_or(defaults.max_ephemeral_mb),
             async_retention: flags
                 .async_retention_sec
                 .or(file.async_retention_sec)

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 /// <data>/microvm-disks/         per-function code and dependency disks
 /// <data>/views/                 images of code and dependency views (containers)
 /// <data>/run/views/<kind>/      where those views are mounted
+/// <data>/run/ephemeral/<kind>/  instances' /tmp disks (<id>.ext4, mounted at <id>/)
 ///
 /// /run/faas/sockets/<owner>/<kind>/<id>/   agent sockets of container instances
 /// ```
@@ -91,6 +92,11 @@ impl DataLayout {
     /// Where `kind`'s views are mounted.
     pub fn view_mounts(&self, kind: &str) -> PathBuf {
         self.root.join("run/views").join(kind)
+    }
+
+    /// Where `kind`'s instances keep their `/tmp` disks.
+    pub fn ephemeral(&self, kind: &str) -> PathBuf {
+        self.root.join("run/ephemeral").join(kind)
     }
 
     /// The `faas.owner` label of this node's Docker containers: a digest of

@@ -645,6 +645,26 @@ impl TestServer {
                 found.push(format!("mount {line}"));
             }
         }
+        // Ephemeral-storage disks: their files, and loop devices on them. The
+        // per-size templates they copy are a cache of the run, which the
+        // shutdown removes with the directory (`tests/ephemeral.rs` checks).
+        for kind in ["native", "docker"] {
+            if let Ok(entries) = std::fs::read_dir(layout.ephemeral(kind)) {
+                for e in entries.flatten() {
+                    if !e.file_name().to_string_lossy().starts_with("template-") {
+                        found.push(format!("{kind} ephemeral storage {}", e.path().display()));
+                    }
+                }
+            }
+        }
+        if let Ok(out) = std::process::Command::new("losetup").arg("-a").output() {
+            let root = layout.root().to_string_lossy().into_owned();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if line.contains(&data) || line.contains(&root) {
+                    found.push(format!("loop device {line}"));
+                }
+            }
+        }
         if let Ok(procs) = std::fs::read_dir("/proc") {
             for p in procs.flatten() {
                 let cgroup = std::fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();

@@ -179,7 +179,8 @@ async fn probe_server(executor: Executor, extra: &[&str]) -> TestServer {
         "python",
         "probe.handler",
         &[("probe.py", PROBE)],
-        json!({}),
+        // A disk-backed /tmp smaller than the 200 MB `tmp_fill` writes.
+        json!({"ephemeral_mb": 100}),
     )
     .await;
     s

@@ -142,6 +142,7 @@ fn spec(code: &Path, memory_mb: u32) -> InstanceSpec {
         code_dir: Some(code.to_path_buf()),
         deps_dir: None,
         memory_mb,
+        ephemeral_mb: faas_common::contract::TMPFS_MAX_MB,
         init: Some(InitSpec {
             language: Language::Python,
             handler: "main.handler".into(),

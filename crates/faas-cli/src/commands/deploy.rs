@@ -34,6 +34,10 @@ pub struct DeployArgs {
     /// Timeout in seconds.
     #[arg(long)]
     timeout_sec: Option<u32>,
+    /// Size of each instance's /tmp in MiB [default: 512; at most the node's
+    /// limit]; it persists across the calls one warm instance serves.
+    #[arg(long)]
+    ephemeral_mb: Option<u32>,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -108,6 +112,7 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         dependencies: args.dependencies.clone(),
         memory_mb: args.memory_mb,
         timeout_sec: args.timeout_sec,
+        ephemeral_mb: args.ephemeral_mb,
         files: None,
         env,
         sandbox: args.sandbox.clone(),
@@ -149,13 +154,14 @@ pub async fn run(args: DeployArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         println!(
-            "deployed {} version {} ({}, {}, {} MB, {}s timeout) id {}",
+            "deployed {} version {} ({}, {}, {} MB, {}s timeout, {} MB /tmp) id {}",
             info.name,
             info.version,
             info.language,
             info.handler,
             info.memory_mb,
             info.timeout_sec,
+            info.ephemeral_mb,
             info.id
         );
     }

@@ -153,6 +153,9 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
             s.invocations,
             s.failures
         );
+        if let Some(mb) = s.ephemeral_mb {
+            println!("ephemeral storage: {mb} MB /tmp per instance");
+        }
         if let Some(e) = &s.effective_scaling {
             let n = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
             println!(

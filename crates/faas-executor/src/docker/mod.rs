@@ -28,6 +28,7 @@ use faas_common::Language;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 
+use crate::ephemeral::{EphemeralDisk, EphemeralDisks, TmpKind};
 use crate::ids::{HostIds, IdSlot};
 use crate::instance::{AgentInstance, Backend};
 use crate::native::cgroup::Freezer;
@@ -60,8 +61,13 @@ pub struct DockerConfig {
     pub pids_limit: i64,
     /// CPUs per container (`--cpus`).
     pub cpus: f64,
-    /// Size of `/tmp`, MiB (capped at the memory limit).
+    /// The largest `/tmp` kept in memory, MiB: a function's `ephemeral_mb`
+    /// up to it is a tmpfs (capped at the memory limit, to which it is
+    /// charged), above it a disk of the container's own ([`crate::ephemeral`]).
     pub tmp_mb: u32,
+    /// Where containers' ephemeral-storage disks live and are mounted (the
+    /// daemon must see the host's filesystem: a local daemon).
+    pub ephemeral_dir: PathBuf,
     /// How long a container may take to start its agent.
     pub start_timeout: Duration,
     /// The node's egress enforcement; without it, functions with an egress
@@ -80,7 +86,8 @@ impl Default for DockerConfig {
             host_ids: HostIds::default(),
             pids_limit: 128,
             cpus: 1.0,
-            tmp_mb: 64,
+            tmp_mb: crate::ephemeral::TMPFS_MAX_MB,
+            ephemeral_dir: PathBuf::from("/run/faas/ephemeral/docker"),
             start_timeout: Duration::from_secs(30),
             egress: None,
         }
@@ -97,6 +104,7 @@ pub struct DockerSandbox {
     /// Containers whose removal failed (daemon down); retried at the next start.
     orphans: Orphans,
     views: Arc<Views>,
+    ephemeral: EphemeralDisks,
 }
 
 type Orphans = Arc<std::sync::Mutex<Vec<String>>>;
@@ -121,6 +129,7 @@ impl DockerSandbox {
             )))?;
         Ok(DockerSandbox {
             views: Views::new(config.views_dir.clone(), config.views_mounts.clone()),
+            ephemeral: EphemeralDisks::new(config.ephemeral_dir.clone()),
             docker,
             config,
             images,
@@ -183,10 +192,25 @@ impl DockerSandbox {
         code: Option<&Path>,
         deps: Option<&Path>,
         hosts: Option<&Path>,
+        tmp_disk: Option<&Path>,
     ) -> HostConfig {
         let memory = i64::from(spec.memory_mb) * 1024 * 1024;
-        let tmp_mb = self.config.tmp_mb.min(spec.memory_mb);
         let mut binds = vec![format!("{}:{GUEST_SOCKET_DIR}:ro", socket_dir.display())];
+        let tmpfs = match tmp_disk {
+            // The bind keeps the host mount's nosuid and nodev.
+            Some(disk) => {
+                binds.push(format!("{}:/tmp:rw", disk.display()));
+                None
+            }
+            // Memory-backed and charged to the container, so capped at its limit.
+            None => Some(HashMap::from([(
+                "/tmp".to_string(),
+                format!(
+                    "rw,nosuid,nodev,size={}m,mode=1777",
+                    spec.ephemeral_mb.min(spec.memory_mb)
+                ),
+            )])),
+        };
         if let Some(code) = code {
             binds.push(format!("{}:{GUEST_CODE_DIR}:ro", code.display()));
         }
@@ -205,10 +229,7 @@ impl DockerSandbox {
             pids_limit: Some(self.config.pids_limit),
             network_mode: Some("none".into()),
             readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_string(),
-                format!("rw,nosuid,nodev,size={tmp_mb}m,mode=1777"),
-            )])),
+            tmpfs,
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec![
                 "no-new-privileges".into(),
@@ -244,6 +265,7 @@ impl Sandbox for DockerSandbox {
             ids: None,
             views: Vec::new(),
             network: None,
+            tmp: None,
         };
         let ids = backend.ids.insert(self.config.host_ids.allocate()?);
         let uid = ids.host_base() + FUNCTION_UID;
@@ -267,6 +289,13 @@ impl Sandbox for DockerSandbox {
                 .map(|v| v.path().to_path_buf())
         };
         let (code_view, deps_view) = (view_of("code-"), view_of("deps-"));
+        let tmp_disk = match TmpKind::of(spec.ephemeral_mb, self.config.tmp_mb) {
+            TmpKind::Memory(_) => None,
+            TmpKind::Disk(mb) => {
+                let disk = backend.tmp.insert(self.ephemeral.mounted(&name, mb).await?);
+                Some(disk.path().to_path_buf())
+            }
+        };
         // Names resolve now and stay pinned for the container's life.
         let egress =
             crate::egress::prepare(self.config.egress.as_ref(), &spec.egress, &dir).await?;
@@ -295,6 +324,7 @@ impl Sandbox for DockerSandbox {
                 code_view.as_deref(),
                 deps_view.as_deref(),
                 egress.as_ref().map(|e| e.hosts.as_path()),
+                tmp_disk.as_deref(),
             )),
             ..Default::default()
         };
@@ -434,8 +464,8 @@ impl Sandbox for DockerSandbox {
                 let _ = tokio::fs::remove_dir_all(entry.path()).await;
             }
         }
-        let views = self.views.clone();
-        let _ = tokio::task::spawn_blocking(move || views.sweep()).await;
+        let (views, ephemeral) = (self.views.clone(), self.ephemeral.clone());
+        let _ = tokio::task::spawn_blocking(move || (views.sweep(), ephemeral.sweep())).await;
         Ok(removed)
     }
 
@@ -526,6 +556,8 @@ pub struct DockerBackend {
     views: Vec<View>,
     /// Its network link and egress rules, when it has an allow-list.
     network: Option<faas_netpolicy::Attachment>,
+    /// Its `/tmp` disk, when it has one; removed after the container.
+    tmp: Option<EphemeralDisk>,
 }
 
 impl DockerBackend {
@@ -598,6 +630,10 @@ impl Backend for DockerBackend {
         }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
         self.views.clear();
+        if let Some(tmp) = self.tmp.take() {
+            // Unmounting blocks: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || drop(tmp)).await;
+        }
         self.ids = None;
     }
 }
@@ -658,6 +694,7 @@ impl Drop for DockerBackend {
         );
         // Its own thread removes the link and the rules.
         drop(self.network.take());
+        let tmp = self.tmp.take();
         // Drop cannot await; hand the removal to the runtime if there is one.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
@@ -666,10 +703,14 @@ impl Drop for DockerBackend {
                 }
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 drop(views);
+                if let Some(tmp) = tmp {
+                    let _ = tokio::task::spawn_blocking(move || drop(tmp)).await;
+                }
                 drop(ids);
             });
         } else {
             let _ = std::fs::remove_dir_all(&dir);
+            drop(tmp);
         }
     }
 }

@@ -191,6 +191,18 @@ pub fn boot_requests(plan: &VmPlan, vsock_uds: &Path) -> Vec<(Method, String, Va
             }),
         ));
     }
+    if let Some(scratch) = &plan.scratch {
+        reqs.push((
+            Method::PUT,
+            "/drives/tmp".into(),
+            json!({
+                "drive_id": "tmp",
+                "path_on_host": scratch.display().to_string(),
+                "is_root_device": false,
+                "is_read_only": false,
+            }),
+        ));
+    }
     reqs.push((
         Method::PUT,
         "/machine-config".into(),
@@ -311,6 +323,7 @@ mod tests {
                 ("rootfs".into(), PathBuf::from("/img/python.ext4")),
                 ("code".into(), PathBuf::from("/cache/faas-code-ab.ext4")),
             ],
+            scratch: None,
             mem_mib: 192,
             vcpus: 1,
             console_log: PathBuf::from("/run/faas/vm/vm-1/console.log"),

@@ -41,8 +41,10 @@ use faas_common::protocol::{InitSpec, SERIAL_TRANSPORT_ARG};
 use faas_common::Language;
 use tokio::process::Child;
 
+use crate::ephemeral::{self, TmpKind, TMPFS_MAX_MB};
 use crate::instance::{AgentInstance, Backend};
 use crate::{ExecutorError, Instance, InstanceSpec, Sandbox};
+use faas_common::contract::{TMP_DISK_LABEL, TMP_MB_KERNEL_ARG};
 pub use firecracker::{FirecrackerApi, FirecrackerConfig};
 pub use qemu::{Accel, QemuConfig};
 use snapshot::prune_snapshots;
@@ -168,6 +170,9 @@ pub struct VmPlan {
     pub cmdline: String,
     /// Read-only disks as (id, image); the root disk first.
     pub disks: Vec<(String, PathBuf)>,
+    /// The VM's own writable `/tmp` disk (in its directory), attached after
+    /// the read-only ones; `None`: the guest's `/tmp` is a tmpfs.
+    pub scratch: Option<PathBuf>,
     /// Guest memory, MiB.
     pub mem_mib: u32,
     /// vCPUs.
@@ -275,9 +280,10 @@ impl MicrovmSandbox {
         matches!(&self.config.vmm, Vmm::Qemu(q) if q.snapshots)
     }
 
-    fn cmdline(&self, memory_mb: u32) -> String {
-        let mut c =
-            format!("console=ttyS0 reboot=k panic=-1 pci=off quiet faas.memory_mb={memory_mb}");
+    fn cmdline(&self, memory_mb: u32, ephemeral_mb: u32) -> String {
+        let mut c = format!(
+            "console=ttyS0 reboot=k panic=-1 pci=off quiet faas.memory_mb={memory_mb} {TMP_MB_KERNEL_ARG}={ephemeral_mb}"
+        );
         if let Some(khz) = self.tsc_khz {
             c.push_str(&format!(" tsc_early_khz={khz}"));
         }
@@ -288,6 +294,8 @@ impl MicrovmSandbox {
         c
     }
 
+    /// The plan for `spec` in VM directory `dir`; its `/tmp` disk, if it
+    /// needs one, is named but not made (`prepare` makes it).
     async fn plan(&self, spec: &InstanceSpec, dir: PathBuf) -> Result<VmPlan, ExecutorError> {
         let root = self
             .images
@@ -307,13 +315,19 @@ impl MicrovmSandbox {
                 disk::disk_for(&self.config.disk_cache, deps, DEPS_LABEL).await?,
             ));
         }
+        let scratch = match TmpKind::of(spec.ephemeral_mb, TMPFS_MAX_MB) {
+            // In the guest's memory, charged to the function's cgroup.
+            TmpKind::Memory(_) => None,
+            TmpKind::Disk(_) => Some(dir.join("tmp.ext4")),
+        };
         Ok(VmPlan {
             console_log: dir.join("console.log"),
             dir,
             kernel: self.images.kernel.clone(),
             initramfs: self.images.initramfs.clone(),
-            cmdline: self.cmdline(spec.memory_mb),
+            cmdline: self.cmdline(spec.memory_mb, spec.ephemeral_mb),
             disks,
+            scratch,
             mem_mib: spec.memory_mb + self.config.overhead_mb,
             vcpus: self.config.vcpus,
             restore_from: None,
@@ -333,11 +347,23 @@ impl MicrovmSandbox {
             .await
             .map_err(ExecutorError::io(format!("create {}", dir.display())))?;
         let mut backend = VmBackend::new(id, dir.clone());
-        match self.plan(spec, dir).await {
-            Ok(mut plan) => {
-                plan.restore_from = restore_from;
-                Ok((backend, plan))
+        let planned = async {
+            let mut plan = self.plan(spec, dir).await?;
+            if let Some(scratch) = &plan.scratch {
+                match &restore_from {
+                    // The disk as it was when the state was saved: the guest's
+                    // memory and its filesystem must agree.
+                    Some(state) => copy_sparse(&saved_scratch(state), scratch).await?,
+                    None => {
+                        ephemeral::make_image(scratch, spec.ephemeral_mb, TMP_DISK_LABEL).await?
+                    }
+                }
             }
+            plan.restore_from = restore_from;
+            Ok(plan)
+        };
+        match planned.await {
+            Ok(plan) => Ok((backend, plan)),
             Err(e) => {
                 backend.destroy().await;
                 Err(e)
@@ -432,7 +458,14 @@ impl MicrovmSandbox {
             let started = Instant::now();
             // A failed save costs only the speed-up: this VM serves either way,
             // unless it cannot be resumed, which makes it unusable.
-            match instance.backend_mut().save(&state).await {
+            match instance
+                .backend_mut()
+                .save(
+                    &state,
+                    plan.scratch.as_deref().map(|s| (s, saved_scratch(&state))),
+                )
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(
                         id = %instance.backend_mut().id,
@@ -455,7 +488,8 @@ impl MicrovmSandbox {
 
     /// The saved state for `plan` + `init`: every input that shapes the VM or
     /// the loaded handler is in the name, so a state is only ever loaded into
-    /// an identical machine for the same function version.
+    /// an identical machine for the same function version. The `/tmp` disk's
+    /// path is each VM's own; its size is in the command line.
     fn snapshot_path(&self, plan: &VmPlan, init: &InitSpec) -> PathBuf {
         use sha2::{Digest, Sha256};
         let key = serde_json::json!({
@@ -463,6 +497,7 @@ impl MicrovmSandbox {
             "initramfs": plan.initramfs,
             "cmdline": plan.cmdline,
             "disks": plan.disks,
+            "scratch": plan.scratch.is_some(),
             "mem_mib": plan.mem_mib,
             "vcpus": plan.vcpus,
             "init": init,
@@ -482,11 +517,12 @@ impl Sandbox for MicrovmSandbox {
         let Some(init) = spec.init.as_ref().filter(|_| self.snapshots()) else {
             return self.boot(spec, None).await;
         };
-        let state = {
+        let (state, needs_disk) = {
             let plan = self.plan(&spec, self.config.run_dir.clone()).await?;
-            self.snapshot_path(&plan, init)
+            (self.snapshot_path(&plan, init), plan.scratch.is_some())
         };
-        if state.is_file() {
+        // A state is only whole with its /tmp disk, if it has one.
+        if state.is_file() && (!needs_disk || saved_scratch(&state).is_file()) {
             // Recently used states are the ones pruning keeps.
             if let Ok(f) = std::fs::File::open(&state) {
                 let _ = f.set_modified(std::time::SystemTime::now());
@@ -497,6 +533,7 @@ impl Sandbox for MicrovmSandbox {
                     // A state that does not load is dropped; this start boots.
                     tracing::warn!("restoring {} failed, booting: {e}", state.display());
                     let _ = tokio::fs::remove_file(&state).await;
+                    let _ = tokio::fs::remove_file(saved_scratch(&state)).await;
                 }
             }
         }
@@ -530,6 +567,25 @@ impl Sandbox for MicrovmSandbox {
         }
         Ok(removed)
     }
+}
+
+/// Where the `/tmp` disk of the VM saved as `state` is kept: it belongs to
+/// the state (the guest's memory holds that filesystem's caches), so every
+/// restored VM starts from a copy of it, with what the handler's loading
+/// wrote and nothing else.
+fn saved_scratch(state: &Path) -> PathBuf {
+    state.with_extension("tmpdisk")
+}
+
+/// Copy `from` to `to`, keeping holes (the disks are mostly holes).
+async fn copy_sparse(from: &Path, to: &Path) -> Result<(), ExecutorError> {
+    let (from, to) = (from.to_path_buf(), to.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        ephemeral::copy_sparse(&from, &to)
+            .map_err(ExecutorError::io(format!("copy {}", from.display())))
+    })
+    .await
+    .map_err(|e| ExecutorError::Start(format!("copy task: {e}")))?
 }
 
 /// The host's TSC frequency in kHz, from `/proc/cpuinfo`.

@@ -140,6 +140,16 @@ pub fn qemu_args(plan: &VmPlan, accel: Accel, channel: Channel<'_>) -> Vec<Strin
             format!("virtio-blk-device,drive={id}"),
         ]);
     }
+    if let Some(scratch) = &plan.scratch {
+        // The VM's own /tmp: writable, and last, so the devices keep their
+        // order whether a VM boots or loads a saved state.
+        args.extend([
+            "-drive".into(),
+            format!("id=tmp,file={},format=raw,if=none", scratch.display()),
+            "-device".into(),
+            "virtio-blk-device,drive=tmp".into(),
+        ]);
+    }
     match channel {
         Channel::Vsock { vhost_socket } => args.extend([
             "-chardev".into(),
@@ -287,6 +297,7 @@ mod tests {
                 ("root".into(), PathBuf::from("/d/root.ext4")),
                 ("code".into(), PathBuf::from("/d/code.ext4")),
             ],
+            scratch: Some(PathBuf::from("/run/vm/tmp.ext4")),
             mem_mib: 256,
             vcpus: 1,
             console_log: PathBuf::from("/run/vm/console.log"),
@@ -299,6 +310,10 @@ mod tests {
         assert!(args.contains("-M microvm,accel=tcg,memory-backend=mem"));
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
         assert!(args.contains("id=code,file=/d/code.ext4,format=raw,if=none,readonly=on"));
+        // The /tmp disk is writable, and after the read-only ones.
+        let tmp = "-drive id=tmp,file=/run/vm/tmp.ext4,format=raw,if=none -device";
+        assert!(args.contains(tmp), "{args}");
+        assert!(args.find("id=code").unwrap() < args.find(tmp).unwrap());
         assert!(args.contains("-chardev socket,id=vsk,path=/run/vm/vhost.sock"));
         assert!(args.contains("vhost-user-vsock-device,chardev=vsk"));
         assert!(args.contains("-no-reboot"));
@@ -321,6 +336,7 @@ mod tests {
             initramfs: None,
             cmdline: "console=ttyS0 faas.transport=serial".into(),
             disks: vec![("root".into(), PathBuf::from("/d/root.ext4"))],
+            scratch: None,
             mem_mib: 256,
             vcpus: 1,
             console_log: PathBuf::from("/run/vm/console.log"),

@@ -23,6 +23,8 @@ pub(super) async fn prune_snapshots(dir: &Path, keep: usize) {
     states.sort();
     for (_, path) in &states[..states.len() - keep] {
         let _ = tokio::fs::remove_file(path).await;
+        // Its `/tmp` disk, if it has one, goes with it.
+        let _ = tokio::fs::remove_file(super::saved_scratch(path)).await;
     }
 }
 
@@ -36,6 +38,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = std::time::SystemTime::now() - Duration::from_secs(100);
         for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            std::fs::write(dir.path().join(format!("{name}.tmpdisk")), "").unwrap();
             let path = dir.path().join(format!("{name}.state"));
             let f = std::fs::File::create(&path).unwrap();
             f.set_modified(base + Duration::from_secs(i as u64 * 10))
@@ -52,6 +55,9 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["c.state", "d.state", "e.vm-1.tmp"]);
+        assert_eq!(
+            left,
+            ["c.state", "c.tmpdisk", "d.state", "d.tmpdisk", "e.vm-1.tmp"]
+        );
     }
 }

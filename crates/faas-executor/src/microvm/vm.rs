@@ -233,8 +233,15 @@ impl VmBackend {
     }
 
     /// Pause the VM, write its state to `state` (atomically: a temporary file
-    /// renamed into place) and resume it.
-    pub(super) async fn save(&mut self, state: &Path) -> Result<(), SaveError> {
+    /// renamed into place) and resume it. With `scratch` = (its writable
+    /// disk, where to keep it), the disk is copied while the VM is paused,
+    /// so state and disk agree (QEMU has flushed the disk when the save
+    /// completes), before the state is renamed into place.
+    pub(super) async fn save(
+        &mut self,
+        state: &Path,
+        scratch: Option<(&Path, PathBuf)>,
+    ) -> Result<(), SaveError> {
         let qmp_socket = self
             .serial_sockets()
             .map_err(SaveError::Saving)?
@@ -244,7 +251,19 @@ impl VmBackend {
             .await
             .map_err(|e| SaveError::Saving(ExecutorError::Start(format!("snapshot: {e}"))))?;
         let tmp = state.with_extension(format!("{}.tmp", self.id));
-        let saved = qmp.save(&tmp, Duration::from_secs(120)).await;
+        let saved = match qmp.save(&tmp, Duration::from_secs(120)).await {
+            Ok(()) => match &scratch {
+                Some((disk, keep)) => {
+                    // One left by a state since pruned would refuse the copy.
+                    let _ = tokio::fs::remove_file(keep).await;
+                    super::copy_sparse(disk, keep).await.map_err(|e| {
+                        qmp::QmpError::Migration(format!("keeping the /tmp disk: {e}"))
+                    })
+                }
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
         // Resume whatever happened: a paused VM would time out its first call.
         qmp.resume()
             .await
@@ -255,6 +274,9 @@ impl VmBackend {
                 .map_err(|e| SaveError::Saving(ExecutorError::io("store the snapshot")(e))),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
+                if let Some((_, keep)) = &scratch {
+                    let _ = tokio::fs::remove_file(keep).await;
+                }
                 Err(SaveError::Saving(ExecutorError::Start(format!(
                     "snapshot: {e}"
                 ))))

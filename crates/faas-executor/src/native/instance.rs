@@ -11,8 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use super::cgroup::{CgroupLayout, Freezer};
-use super::spec::{self, InstanceIds, InstanceMounts};
+use super::spec::{self, InstanceIds, InstanceMounts, Tmp};
 use super::NativeConfig;
+use crate::ephemeral::{EphemeralDisk, EphemeralDisks, TmpKind};
 use crate::ids::IdSlot;
 use crate::instance::{AgentInstance, Backend};
 use crate::socket::AgentListener;
@@ -57,6 +58,8 @@ pub(super) struct InstanceGuard {
     pub(super) socket_dir: Option<PathBuf>,
     /// Its network link and egress rules, when it has an allow-list.
     pub(super) network: Option<faas_netpolicy::Attachment>,
+    /// Its `/tmp` disk, when it has one; removed after the container.
+    pub(super) tmp: Option<EphemeralDisk>,
     done: bool,
 }
 
@@ -81,6 +84,7 @@ impl InstanceGuard {
             views: Vec::new(),
             socket_dir: None,
             network: None,
+            tmp: None,
             done: false,
         }
     }
@@ -116,6 +120,10 @@ impl InstanceGuard {
             let _ = tokio::fs::remove_dir_all(sockets).await;
         }
         self.views.clear();
+        if let Some(tmp) = self.tmp.take() {
+            // Unmounting blocks: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || drop(tmp)).await;
+        }
         self.ids = None;
     }
 }
@@ -137,6 +145,7 @@ impl Drop for InstanceGuard {
         let views = std::mem::take(&mut self.views);
         let socket_dir = self.socket_dir.take();
         let network = self.network.take();
+        let tmp = self.tmp.take();
         // Drop cannot await; a plain thread keeps this off the async runtime.
         let cleanup = std::thread::spawn(move || {
             // `runc run` first: dropped mid-start it may still be creating the
@@ -166,6 +175,7 @@ impl Drop for InstanceGuard {
                 let _ = std::fs::remove_dir_all(sockets);
             }
             drop(views);
+            drop(tmp);
             drop(ids);
         });
         let mut pending = self.cleanups.0.lock().expect("cleanups lock");
@@ -192,6 +202,7 @@ pub(super) async fn start(
     cgroups: &CgroupLayout,
     cleanups: &Arc<Cleanups>,
     views: &Arc<Views>,
+    ephemeral: &EphemeralDisks,
     rootfs: &Path,
     spec: InstanceSpec,
 ) -> Result<AgentInstance<NativeBackend>, ExecutorError> {
@@ -225,6 +236,13 @@ pub(super) async fn start(
         deps.as_ref().map(|v| v.path().to_path_buf()),
     );
     guard.views.extend(code.into_iter().chain(deps));
+    let tmp_dir = match TmpKind::of(spec.ephemeral_mb, config.tmp_mb) {
+        TmpKind::Memory(_) => None,
+        TmpKind::Disk(mb) => {
+            let disk = guard.tmp.insert(ephemeral.mounted(&id, mb).await?);
+            Some(disk.path().to_path_buf())
+        }
+    };
     // Names resolve now and stay pinned for the instance's life.
     let egress = crate::egress::prepare(config.egress.as_ref(), &spec.egress, &dir).await?;
 
@@ -238,6 +256,9 @@ pub(super) async fn start(
             code_dir: code_dir.as_deref(),
             deps_dir: deps_dir.as_deref(),
             hosts_file: egress.as_ref().map(|e| e.hosts.as_path()),
+            tmp: tmp_dir
+                .as_deref()
+                .map_or(Tmp::Memory(spec.ephemeral_mb), Tmp::Disk),
         },
         InstanceIds {
             host_base,

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use faas_common::Language;
 use tokio::process::Command;
 
+use crate::ephemeral::EphemeralDisks;
 use crate::ids::HostIds;
 use crate::views::Views;
 use crate::{ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox};
@@ -61,8 +62,13 @@ pub struct NativeConfig {
     pub pids_limit: i64,
     /// CPU time per 100 ms period, in microseconds (100000 = one CPU).
     pub cpu_quota_us: i64,
-    /// Size of the memory-backed `/tmp`, in MiB (capped at the memory limit).
+    /// The largest `/tmp` kept in memory, in MiB: a function's
+    /// `ephemeral_mb` up to it is a tmpfs (capped at the memory limit, to
+    /// which it is charged), above it a disk of the instance's own
+    /// ([`crate::ephemeral`]).
     pub tmp_mb: u32,
+    /// Where instances' ephemeral-storage disks live and are mounted.
+    pub ephemeral_dir: PathBuf,
     /// Limit memory+swap too (cgroup v1 needs swap accounting for this).
     pub swap_accounting: bool,
     /// How long an instance may take to start its agent.
@@ -87,7 +93,8 @@ impl Default for NativeConfig {
             user_namespace: false,
             pids_limit: faas_common::sandbox::DEFAULT_PIDS_LIMIT,
             cpu_quota_us: 100_000,
-            tmp_mb: 64,
+            tmp_mb: crate::ephemeral::TMPFS_MAX_MB,
+            ephemeral_dir: PathBuf::from("/run/faas/ephemeral/native"),
             swap_accounting: CgroupLayout::detect().swap_accounting(),
             start_timeout: Duration::from_secs(20),
             egress: None,
@@ -102,6 +109,7 @@ pub struct NativeSandbox {
     cgroups: CgroupLayout,
     cleanups: Arc<instance::Cleanups>,
     views: Arc<Views>,
+    ephemeral: EphemeralDisks,
 }
 
 impl NativeSandbox {
@@ -144,6 +152,7 @@ impl NativeSandbox {
         }
         Ok(NativeSandbox {
             views: Views::new(config.views_dir.clone(), config.views_mounts.clone()),
+            ephemeral: EphemeralDisks::new(config.ephemeral_dir.clone()),
             config,
             images,
             cgroups: CgroupLayout::detect(),
@@ -173,6 +182,7 @@ impl Sandbox for NativeSandbox {
             &self.cgroups,
             &self.cleanups,
             &self.views,
+            &self.ephemeral,
             &rootfs.rootfs,
             spec,
         )
@@ -189,8 +199,8 @@ impl Sandbox for NativeSandbox {
 
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
         let n = instance::reap_leftovers(&self.config).await?;
-        let views = self.views.clone();
-        let _ = tokio::task::spawn_blocking(move || views.sweep()).await;
+        let (views, ephemeral) = (self.views.clone(), self.ephemeral.clone());
+        let _ = tokio::task::spawn_blocking(move || (views.sweep(), ephemeral.sweep())).await;
         // The sweep removed the parent; instances to come live under its limits.
         if let Some(limits) = self.config.parent_limits {
             let parent = self.config.cgroup_parent.clone();
@@ -209,8 +219,8 @@ impl Sandbox for NativeSandbox {
         let cleanups = self.cleanups.clone();
         let _ = tokio::task::spawn_blocking(move || cleanups.join_all()).await;
         let n = instance::reap_leftovers(&self.config).await?;
-        let views = self.views.clone();
-        let _ = tokio::task::spawn_blocking(move || views.sweep()).await;
+        let (views, ephemeral) = (self.views.clone(), self.ephemeral.clone());
+        let _ = tokio::task::spawn_blocking(move || (views.sweep(), ephemeral.sweep())).await;
         crate::socket::remove_dirs(&self.config.sockets_dir).await;
         Ok(n)
     }

@@ -55,6 +55,19 @@ pub struct InstanceMounts<'a> {
     pub deps_dir: Option<&'a Path>,
     /// The instance's `/etc/hosts` (its pinned egress names), bound read-only.
     pub hosts_file: Option<&'a Path>,
+    /// Its `/tmp`.
+    pub tmp: Tmp<'a>,
+}
+
+/// An instance's `/tmp`.
+#[derive(Debug, Clone, Copy)]
+pub enum Tmp<'a> {
+    /// A tmpfs of this many MiB, charged to the memory cgroup (so capped at
+    /// the memory limit).
+    Memory(u32),
+    /// A host directory (the mount point of the instance's own disk), bound
+    /// read-write.
+    Disk(&'a Path),
 }
 
 /// Who the instance is on the host.
@@ -77,8 +90,13 @@ pub fn build(
     ids: InstanceIds,
 ) -> Result<Spec, ExecutorError> {
     let memory = u64::from(memory_mb) * 1024 * 1024;
-    // /tmp is memory-backed and charged to the cgroup, so it can never exceed the limit.
-    let tmp_mb = config.tmp_mb.min(memory_mb);
+    let tmp = match mounts.tmp {
+        // Memory-backed and charged to the cgroup, so it can never exceed the limit.
+        Tmp::Memory(mb) => json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", mb.min(memory_mb))]}),
+        Tmp::Disk(dir) => json!({"destination": "/tmp", "type": "bind", "source": dir,
+            "options": ["rbind", "rw", "nosuid", "nodev"]}),
+    };
     let mut mount_list = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
@@ -92,8 +110,7 @@ pub fn build(
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "nodev", "mode=1777", format!("size={tmp_mb}m")]}),
+        tmp,
         json!({"destination": GUEST_SOCKET_DIR, "type": "bind",
                "source": mounts.socket_dir, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}),
     ];
@@ -195,6 +212,7 @@ mod tests {
                 code_dir: Some(Path::new("/code/abc")),
                 deps_dir: None,
                 hosts_file: None,
+                tmp: Tmp::Memory(64),
             },
             IDS,
         )
@@ -287,6 +305,7 @@ mod tests {
                 code_dir: Some(Path::new("/c")),
                 deps_dir: Some(Path::new("/d")),
                 hosts_file: None,
+                tmp: Tmp::Memory(64),
             },
             IDS,
         )
@@ -311,6 +330,42 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_tmp_is_bound_writable_without_devices_or_setuid() {
+        let s = build(
+            &NativeConfig::default(),
+            "t4",
+            128,
+            &InstanceMounts {
+                rootfs: Path::new("/r"),
+                socket_dir: Path::new("/s"),
+                code_dir: None,
+                deps_dir: None,
+                hosts_file: None,
+                tmp: Tmp::Disk(Path::new("/data/run/ephemeral/native/t4")),
+            },
+            IDS,
+        )
+        .unwrap();
+        let tmp = s
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/tmp"))
+            .unwrap()
+            .clone();
+        assert_eq!(tmp.typ().as_deref(), Some("bind"));
+        assert_eq!(
+            tmp.source().as_deref(),
+            Some(Path::new("/data/run/ephemeral/native/t4"))
+        );
+        let options = tmp.options().clone().unwrap();
+        for want in ["rw", "nosuid", "nodev"] {
+            assert!(options.contains(&want.to_string()), "{options:?}");
+        }
+    }
+
+    #[test]
     fn user_namespace_maps_ids() {
         let s = spec(&NativeConfig::default());
         let linux = s.linux().as_ref().unwrap();
@@ -327,6 +382,7 @@ mod tests {
                 code_dir: None,
                 deps_dir: None,
                 hosts_file: None,
+                tmp: Tmp::Memory(64),
             },
             InstanceIds {
                 user_namespace: false,
