@@ -114,3 +114,22 @@ write("abi", "deploy_tuple", word(32) + params(definition))
 write("abi", "invoke_params", params(b"hello", b'{"x": 1}'))
 write("abi", "invoke_tuple", word(32) + params(b"hello", b'{"x": 1}'))
 write("abi", "huge_length", word(32) + word(1 << 60))
+
+write("manifest", "requirements.txt",
+      "# data\nnumpy==1.26.4  # pinned\npandas>=2,\\\n<3\njinja2 ; python_version >= \"3.8\"\n")
+write("manifest", "requirements_options.txt", "-r other.txt\n--index-url https://evil/simple\n-e .\n")
+write("manifest", "package.json", json.dumps({
+    "name": "x", "dependencies": {"lodash": "^4.17.21", "@img/sharp": "1.0.0"},
+    "optionalDependencies": {"left-pad": ""}, "devDependencies": {"jest": "29"}}))
+write("manifest", "package_git.json", json.dumps({"dependencies": {"x": "git+https://github.com/a/b"}}))
+write("manifest", "package-lock.json", json.dumps({
+    "lockfileVersion": 3, "packages": {
+        "": {"dependencies": {"a": "1"}},
+        "node_modules/a": {"version": "1.0.0",
+                           "resolved": "https://registry.npmjs.org/a/-/a-1.0.0.tgz",
+                           "integrity": "sha512-x"},
+        "node_modules/a/node_modules/b": {"version": "1.0.0", "inBundle": True}}}))
+write("manifest", "lock_evil.json", json.dumps({
+    "lockfileVersion": 3, "packages": {
+        "node_modules/a": {"resolved": "https://registry.npmjs.org.evil/a.tgz", "integrity": "x"},
+        "../../etc": {"resolved": "https://registry.npmjs.org/a", "integrity": "x"}}}))
