@@ -133,3 +133,5 @@ write("manifest", "lock_evil.json", json.dumps({
     "lockfileVersion": 3, "packages": {
         "node_modules/a": {"resolved": "https://registry.npmjs.org.evil/a.tgz", "integrity": "x"},
         "../../etc": {"resolved": "https://registry.npmjs.org/a", "integrity": "x"}}}))
+write("manifest", "lock_root_resolved.json", json.dumps({
+    "lockfileVersion": 3, "packages": {"": {"resolved": "ht", "integrity": "sh"}}}))

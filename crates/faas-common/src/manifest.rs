@@ -199,6 +199,12 @@ pub fn check_package_lock(bytes: &[u8], registry: Option<&str>) -> Result<(), Ma
     let registry = registry.trim_end_matches('/');
     for (path, entry) in packages {
         if path.is_empty() {
+            // The project itself: nothing to fetch, so nothing may say where from.
+            if entry.get("resolved").is_some() || entry.get("link").is_some() {
+                return Err(unsupported(
+                    "its root package has a \"resolved\" or \"link\" field".into(),
+                ));
+            }
             continue;
         }
         let bad = |why: &str| unsupported(format!("package {path:?} {why}"));
@@ -357,6 +363,9 @@ mod tests {
         }
         let outside = br#"{"lockfileVersion":3,"packages":{"../../etc":{"resolved":"https://registry.npmjs.org/a","integrity":"x"}}}"#;
         assert!(check_package_lock(outside, None).is_err());
+        // Found by the fuzzer: the root entry pointing somewhere.
+        let root = br#"{"lockfileVersion":3,"packages":{"":{"resolved":"ht","integrity":"sh"}}}"#;
+        assert!(check_package_lock(root, None).is_err());
         assert!(check_package_lock(br#"{"lockfileVersion":1,"dependencies":{}}"#, None).is_err());
         let mirror = br#"{"lockfileVersion":2,"packages":{"node_modules/a":{"resolved":"https://npm.corp/a/-/a-1.tgz","integrity":"sha1-x"}}}"#;
         check_package_lock(mirror, Some("https://npm.corp/")).unwrap();
