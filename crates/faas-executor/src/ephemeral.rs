@@ -158,19 +158,12 @@ impl EphemeralDisks {
     /// Unmount and remove every disk and template (at start, after a crash;
     /// at shutdown, after the last instance). Returns how many were mounted.
     pub fn sweep(&self) -> usize {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut n = 0;
-        for line in info.lines() {
-            let Some(point) = line.split_whitespace().nth(4) else {
-                continue;
-            };
-            if Path::new(point).starts_with(&self.dir) {
-                unmount(Path::new(point));
-                n += 1;
-            }
+        let points = crate::views::mount_points_under(&self.dir);
+        for point in &points {
+            unmount(point);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        n
+        points.len()
     }
 }
 

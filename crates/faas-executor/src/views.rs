@@ -253,24 +253,29 @@ impl Views {
     /// Unmount every view (at start, after a crash; at shutdown, after the
     /// last instance). Returns how many were mounted.
     pub fn sweep(&self) -> usize {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut n = 0;
-        for line in info.lines() {
-            let Some(point) = line.split_whitespace().nth(4) else {
-                continue;
-            };
-            if Path::new(point).starts_with(&self.mounts) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(point)
-                    .status();
-                n += 1;
-            }
+        let points = mount_points_under(&self.mounts);
+        for point in &points {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(point)
+                .status();
         }
+        let n = points.len();
         self.live.lock().expect("views lock").clear();
         let _ = std::fs::remove_dir_all(&self.mounts);
         n
     }
+}
+
+/// Every mount point of this process's mount namespace under `dir`
+/// (`/proc/self/mountinfo`), for sweeping what a crashed server left.
+pub(crate) fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir))
+        .collect()
 }
 
 /// Build the image of `src` at `image`, aside and renamed into place.

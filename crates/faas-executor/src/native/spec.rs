@@ -300,12 +300,9 @@ mod tests {
             "t2",
             32,
             &InstanceMounts {
-                rootfs: Path::new("/r"),
-                socket_dir: Path::new("/s"),
                 code_dir: Some(Path::new("/c")),
                 deps_dir: Some(Path::new("/d")),
-                hosts_file: None,
-                tmp: Tmp::Memory(64),
+                ..bare(Tmp::Memory(64))
             },
             IDS,
         )
@@ -329,20 +326,25 @@ mod tests {
         }
     }
 
+    /// Mounts with nothing of a function's but `tmp`.
+    fn bare(tmp: Tmp<'static>) -> InstanceMounts<'static> {
+        InstanceMounts {
+            rootfs: Path::new("/r"),
+            socket_dir: Path::new("/s"),
+            code_dir: None,
+            deps_dir: None,
+            hosts_file: None,
+            tmp,
+        }
+    }
+
     #[test]
     fn a_disk_tmp_is_bound_writable_without_devices_or_setuid() {
         let s = build(
             &NativeConfig::default(),
             "t4",
             128,
-            &InstanceMounts {
-                rootfs: Path::new("/r"),
-                socket_dir: Path::new("/s"),
-                code_dir: None,
-                deps_dir: None,
-                hosts_file: None,
-                tmp: Tmp::Disk(Path::new("/data/run/ephemeral/native/t4")),
-            },
+            &bare(Tmp::Disk(Path::new("/data/run/ephemeral/native/t4"))),
             IDS,
         )
         .unwrap();
@@ -376,14 +378,7 @@ mod tests {
             &NativeConfig::default(),
             "t3",
             64,
-            &InstanceMounts {
-                rootfs: Path::new("/r"),
-                socket_dir: Path::new("/s"),
-                code_dir: None,
-                deps_dir: None,
-                hosts_file: None,
-                tmp: Tmp::Memory(64),
-            },
+            &bare(Tmp::Memory(64)),
             InstanceIds {
                 user_namespace: false,
                 ..IDS
