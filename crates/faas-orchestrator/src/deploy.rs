@@ -34,6 +34,8 @@ const LOG_LIMIT: usize = 256 * 1024;
 /// Most builds installing (or waiting to) at once on a node; each holds its
 /// decoded code in memory.
 const MAX_PENDING_BUILDS: usize = 16;
+/// Most of them one tenant may have, so that one tenant cannot take them all.
+const MAX_TENANT_BUILDS: usize = 4;
 
 /// What a deploy did.
 #[derive(Debug, Clone)]
@@ -390,14 +392,25 @@ impl Orchestrator {
         });
         if installs {
             let current = self.builds.current.lock().await;
-            let pending = current
+            let building: Vec<&Arc<LiveBuild>> = current
                 .values()
                 .filter(|b| b.info.lock().expect("build lock").state == BuildState::Building)
-                .count();
-            if pending >= MAX_PENDING_BUILDS {
+                .collect();
+            if building.len() >= MAX_PENDING_BUILDS {
                 return Err(OrchestratorError::Overloaded(format!(
-                    "{pending} builds are in progress on this node; retry later"
+                    "{} builds are in progress on this node; retry later",
+                    building.len()
                 )));
+            }
+            let own = building.iter().filter(|b| b.tenant == tenant).count();
+            if own >= MAX_TENANT_BUILDS {
+                return Err(OrchestratorError::RateLimited {
+                    message: format!(
+                        "tenant {tenant} has {own} builds in progress (at most \
+                         {MAX_TENANT_BUILDS}); retry when one ends"
+                    ),
+                    retry_after: 10,
+                });
             }
         }
         match &cached {
