@@ -335,35 +335,77 @@ pub struct Store {
     pending: Arc<Pending>,
 }
 
-/// Writes in flight, and a wake-up for those waiting for none.
+/// Record writes in flight, by ticket: a reader waits for the writes that
+/// began before it, never for later ones (under steady load there always
+/// are some).
 #[derive(Default)]
 struct Pending {
-    count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
+    tickets: Mutex<Tickets>,
+    progress: tokio::sync::Notify,
 }
 
-/// Counts one write in flight until dropped.
-struct PendingWrite(Arc<Pending>);
+#[derive(Default)]
+struct Tickets {
+    /// The next write's ticket.
+    next: u64,
+    /// Every ticket below it is done.
+    low: u64,
+    /// Done tickets at or above `low`.
+    done: std::collections::BTreeSet<u64>,
+}
+
+impl Pending {
+    /// The ticket the next write gets: a reader waits until all below are done.
+    fn target(&self) -> u64 {
+        self.tickets.lock().expect("tickets lock").next
+    }
+
+    /// Wait until every write with a ticket below `target` is done, or
+    /// until `deadline`.
+    async fn reached(&self, target: u64, deadline: tokio::time::Instant) {
+        loop {
+            let progress = self.progress.notified();
+            if self.tickets.lock().expect("tickets lock").low >= target {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One write in flight until dropped.
+struct PendingWrite {
+    pending: Arc<Pending>,
+    ticket: u64,
+}
 
 impl PendingWrite {
     fn new(pending: &Arc<Pending>) -> Self {
-        pending
-            .count
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        PendingWrite(pending.clone())
+        let mut tickets = pending.tickets.lock().expect("tickets lock");
+        let ticket = tickets.next;
+        tickets.next += 1;
+        PendingWrite {
+            pending: pending.clone(),
+            ticket,
+        }
     }
 }
 
 impl Drop for PendingWrite {
     fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
         {
-            self.0.idle.notify_waiters();
+            let mut tickets = self.pending.tickets.lock().expect("tickets lock");
+            tickets.done.insert(self.ticket);
+            while {
+                let low = tickets.low;
+                tickets.done.remove(&low)
+            } {
+                tickets.low += 1;
+            }
         }
+        self.pending.progress.notify_waiters();
     }
 }
 
@@ -411,18 +453,11 @@ impl Store {
         });
     }
 
-    /// Wait (at most 5 s) until no record write is in flight.
+    /// Wait (at most 5 s) until every record write begun before this call
+    /// is done.
     pub async fn settled(&self) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let idle = self.pending.idle.notified();
-            if self.pending.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return;
-            }
-        }
+        self.pending.reached(self.pending.target(), deadline).await;
     }
 
     /// As [`Store::with`], for a write that may change a function's newest
@@ -1291,6 +1326,34 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reader_waits_for_earlier_writes_only() {
+        let pending = Arc::new(Pending::default());
+        let first = PendingWrite::new(&pending);
+        let target = pending.target();
+        let later = PendingWrite::new(&pending);
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let reader = {
+            let pending = pending.clone();
+            tokio::spawn(async move {
+                pending.reached(target, soon).await;
+                tokio::time::Instant::now()
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !reader.is_finished(),
+            "the earlier write is still in flight"
+        );
+        drop(first);
+        let done_at = reader.await.unwrap();
+        assert!(done_at < soon, "a later write must not hold the reader");
+        assert_eq!(pending.tickets.lock().unwrap().low, 1);
+        drop(later);
+        assert_eq!(pending.tickets.lock().unwrap().low, 2);
+        assert!(pending.tickets.lock().unwrap().done.is_empty());
+    }
     use faas_common::api::Outcome;
 
     fn default() -> TenantId {
