@@ -98,6 +98,62 @@ impl LogTail {
 #[derive(Default)]
 pub(crate) struct Builds {
     current: tokio::sync::Mutex<HashMap<(TenantId, String), Arc<LiveBuild>>>,
+    /// Builds that install (running or waiting for an installer), per tenant.
+    installing: Mutex<HashMap<TenantId, usize>>,
+}
+
+/// A build's place among those that install, given back when dropped.
+struct InstallSlot {
+    orchestrator: Arc<Orchestrator>,
+    tenant: TenantId,
+}
+
+impl InstallSlot {
+    /// A place for `tenant`, unless the node or the tenant has no more.
+    fn take(
+        orchestrator: &Arc<Orchestrator>,
+        tenant: &TenantId,
+    ) -> Result<Self, OrchestratorError> {
+        let mut installing = orchestrator.builds.installing.lock().expect("builds lock");
+        let total: usize = installing.values().sum();
+        if total >= MAX_PENDING_BUILDS {
+            return Err(OrchestratorError::Overloaded(format!(
+                "{total} builds are in progress on this node; retry later"
+            )));
+        }
+        let own = installing.entry(tenant.clone()).or_default();
+        if *own >= MAX_TENANT_BUILDS {
+            return Err(OrchestratorError::RateLimited {
+                message: format!(
+                    "tenant {tenant} has {own} builds in progress (at most \
+                     {MAX_TENANT_BUILDS}); retry when one ends"
+                ),
+                retry_after: 10,
+            });
+        }
+        *own += 1;
+        Ok(InstallSlot {
+            orchestrator: orchestrator.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for InstallSlot {
+    fn drop(&mut self) {
+        let mut installing = self
+            .orchestrator
+            .builds
+            .installing
+            .lock()
+            .expect("builds lock");
+        if let Some(n) = installing.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                installing.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// A checked deploy, ready to build.
@@ -390,29 +446,13 @@ impl Orchestrator {
             }),
             log: Mutex::default(),
         });
-        if installs {
-            let current = self.builds.current.lock().await;
-            let building: Vec<&Arc<LiveBuild>> = current
-                .values()
-                .filter(|b| b.info.lock().expect("build lock").state == BuildState::Building)
-                .collect();
-            if building.len() >= MAX_PENDING_BUILDS {
-                return Err(OrchestratorError::Overloaded(format!(
-                    "{} builds are in progress on this node; retry later",
-                    building.len()
-                )));
-            }
-            let own = building.iter().filter(|b| b.tenant == tenant).count();
-            if own >= MAX_TENANT_BUILDS {
-                return Err(OrchestratorError::RateLimited {
-                    message: format!(
-                        "tenant {tenant} has {own} builds in progress (at most \
-                         {MAX_TENANT_BUILDS}); retry when one ends"
-                    ),
-                    retry_after: 10,
-                });
-            }
-        }
+        // Counted until its task ends, superseded or not: it holds its code
+        // in memory and waits for an installer all the same.
+        let slot = if installs {
+            Some(InstallSlot::take(self, &tenant)?)
+        } else {
+            None
+        };
         match &cached {
             Some(layer) => live.log.lock().expect("build log lock").push(&format!(
                 "dependencies: {} packages, installed before (layer {})\n",
@@ -436,6 +476,7 @@ impl Orchestrator {
         let task = tokio::spawn(async move {
             let result = this.complete(prepared, cached, &task_live).await;
             this.finish_build(&task_live, &result).await;
+            drop(slot);
             result
         });
         if installs && !wait {
