@@ -39,6 +39,11 @@ struct Args {
     /// platform's, 512].
     #[arg(long, value_name = "MB")]
     ephemeral_mb: Option<u32>,
+    /// Pre-started instances per runtime (the server's `--prestart`); each
+    /// cold start waits until they are all ready again, so it measures a
+    /// start from the pool. 0 measures full cold starts.
+    #[arg(long, default_value_t = 1)]
+    prestart: u32,
 }
 
 const FUNCTIONS: &[Function] = &[
@@ -75,7 +80,15 @@ async fn main() -> Result<()> {
     // VMs: idle instances expire after 1 s, so that the restore measurement
     // below gets cold starts of one function without redeploying it.
     let idle = if executor.is_vm() { "1" } else { "300" };
-    let mut flags = vec!["--max-instances", "64", "--idle-timeout-sec", idle];
+    let prestart = args.prestart.to_string();
+    let mut flags = vec![
+        "--max-instances",
+        "64",
+        "--idle-timeout-sec",
+        idle,
+        "--prestart",
+        &prestart,
+    ];
     if args.insecure_no_auth {
         flags.push("--insecure-no-auth");
     }
@@ -88,17 +101,19 @@ async fn main() -> Result<()> {
         extra["ephemeral_mb"] = json!(mb);
     }
     println!(
-        "# faas-bench: executor {}, {} cores, auth {}, egress {}, ephemeral_mb {}",
+        "# faas-bench: executor {}, {} cores, prestart {}, auth {}, egress {}, ephemeral_mb {}",
         args.executor,
         num_cpus(),
+        args.prestart,
         if args.insecure_no_auth { "off" } else { "on" },
         args.egress.as_deref().unwrap_or("none"),
         args.ephemeral_mb
             .map_or("default".to_string(), |mb| mb.to_string()),
     );
     println!(
-        "{:<7} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>9}",
+        "{:<7} {:>5} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>9}",
         "lang",
+        "pre",
         "cold p50",
         "cold p90",
         "cold max",
@@ -111,7 +126,13 @@ async fn main() -> Result<()> {
     );
     for &function in FUNCTIONS {
         let (label, lang, handler, file, code) = function;
-        let cold = cold_starts(&server, function, &extra, args.cold).await?;
+        // The pool holds a spare per runtime (Python, Node.js, shell).
+        let spares = if executor == Executor::Native {
+            3 * u64::from(args.prestart)
+        } else {
+            0
+        };
+        let (cold, prestarted) = cold_starts(&server, function, &extra, args.cold, spares).await?;
         let start = mean_start_ms(&server, &format!("cold-{label}-")).await;
         let name = format!("bench-{label}");
         server
@@ -133,8 +154,9 @@ async fn main() -> Result<()> {
         // "srv p50": median time inside the server for a warm call (pool, agent
         // round trip, bootstrap dispatch, a trivial handler), without HTTP.
         println!(
-            "{:<7} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>7.3}ms {:>7.3}ms {:>7.3}ms | {:>10.0} | {:>7.1}MB",
+            "{:<7} {:>5} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>7.3}ms {:>7.3}ms {:>7.3}ms | {:>10.0} | {:>7.1}MB",
             label,
+            format!("{prestarted}/{}", cold.len()),
             pct(&cold, 50.0),
             pct(&cold, 90.0),
             pct(&cold, 100.0),
@@ -270,11 +292,16 @@ async fn cold_starts(
     function: Function,
     extra: &serde_json::Value,
     n: usize,
-) -> Result<Vec<f64>> {
+    spares: u64,
+) -> Result<(Vec<f64>, usize)> {
     let (label, lang, handler, file, code) = function;
     let mut out = Vec::with_capacity(n);
+    let mut prestarted = 0;
     for i in 0..n {
         let name = format!("cold-{label}-{i}");
+        if spares > 0 && !s.wait_for_spares(spares, Duration::from_secs(30)).await {
+            bail!("the pre-started pool did not refill to {spares} within 30 s");
+        }
         s.deploy(&name, lang, handler, &[(file, code)], extra.clone())
             .await;
         let t = Instant::now();
@@ -284,9 +311,10 @@ async fn cold_starts(
             bail!("cold invoke of {name} failed: {} {}", r.status, r.text());
         }
         out.push(ms);
+        prestarted += usize::from(r.prestarted);
         s.delete(&format!("/functions/{name}")).await;
     }
-    Ok(out)
+    Ok((out, prestarted))
 }
 
 /// Client round trip and server-side duration of sequential warm invocations, ms.

@@ -100,6 +100,14 @@ pub enum FailureKind {
 pub enum Message {
     /// Host -> agent, first frame on a function instance: load the handler.
     Init(InitSpec),
+    /// Host -> agent, first frame on a pre-started instance: start the
+    /// language's runtime (interpreter and bootstrap) with no function in it.
+    /// The `Init` that follows loads the handler into that runtime. Answered
+    /// with `Ready`.
+    Prestart {
+        /// The runtime to start.
+        language: Language,
+    },
     /// Agent -> host: the handler is loaded (or failed to load, see `error`).
     Ready {
         /// Load error, if any; the instance is unusable then.

@@ -7,6 +7,7 @@ use faas_common::contract::{
     keep_tail, truncate, MAX_ERROR_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES,
 };
 use faas_common::protocol::{FailureKind, Frame, InitSpec, Message, ProtocolError};
+use faas_common::Language;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{ExecutorError, InvokeOutput, Ready};
@@ -63,7 +64,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentConn<S> {
 
     /// Load the handler.
     pub async fn init(&mut self, spec: InitSpec) -> Result<Ready, ExecutorError> {
-        match self.call(Frame::new(Message::Init(spec))).await?.message {
+        self.load(Message::Init(spec)).await
+    }
+
+    /// Start `language`'s runtime with no function in it (a pre-started
+    /// instance); a later [`AgentConn::init`] loads the handler into it.
+    pub async fn prestart(&mut self, language: Language) -> Result<Ready, ExecutorError> {
+        self.load(Message::Prestart { language }).await
+    }
+
+    async fn load(&mut self, message: Message) -> Result<Ready, ExecutorError> {
+        match self.call(Frame::new(message)).await?.message {
             Message::Ready {
                 error: None,
                 logs,

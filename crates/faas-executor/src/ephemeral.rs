@@ -160,7 +160,7 @@ impl EphemeralDisks {
     pub fn sweep(&self) -> usize {
         let points = crate::views::mount_points_under(&self.dir);
         for point in &points {
-            unmount(point);
+            crate::mounts::unmount(point);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         points.len()
@@ -186,7 +186,7 @@ impl EphemeralDisk {
 impl Drop for EphemeralDisk {
     fn drop(&mut self) {
         if let Some(point) = self.mount.take() {
-            unmount(&point);
+            crate::mounts::unmount(&point);
             let _ = std::fs::remove_dir(&point);
         }
         let _ = std::fs::remove_file(&self.image);
@@ -315,45 +315,10 @@ fn mount_loop(image: &Path, point: &Path) -> std::io::Result<()> {
 }
 
 fn mount_ext4(device: &str, point: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let device = std::ffi::CString::new(device).map_err(std::io::Error::other)?;
-    let point =
-        std::ffi::CString::new(point.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
     // `noinit_itable`: the inode tables are sparse zeros already; zeroing
     // them would fill the file.
-    // SAFETY: NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            device.as_ptr(),
-            point.as_ptr(),
-            c"ext4".as_ptr(),
-            flags,
-            c"noinit_itable".as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Unmount `point` if something is mounted there; lazily if it is busy (a
-/// process of the instance still dying), so the host never keeps it.
-fn unmount(point: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(point) = std::ffi::CString::new(point.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: a NUL-terminated string that outlives the calls.
-    unsafe {
-        if libc::umount2(point.as_ptr(), 0) != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY)
-        {
-            libc::umount2(point.as_ptr(), libc::MNT_DETACH);
-        }
-    }
+    crate::mounts::mount(device, point, "ext4", flags, "noinit_itable")
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ pub(crate) struct AgentInstance<B: Backend> {
     conn: AgentConn<UnixStream>,
     memory_mb: u32,
     frozen: bool,
+    /// Specialised from a pre-started instance.
+    prestarted: bool,
 }
 
 impl<B: Backend> AgentInstance<B> {
@@ -64,20 +66,68 @@ impl<B: Backend> AgentInstance<B> {
             conn: AgentConn::new(stream),
             memory_mb,
             frozen: false,
+            prestarted: false,
         };
         let Some(init) = init else {
             return Ok(instance);
         };
-        let err = match tokio::time::timeout(load_timeout, instance.conn.init(init)).await {
-            Ok(Ok(_ready)) => {
-                instance.park().await;
-                return Ok(instance);
+        match instance.load(init, load_timeout).await {
+            Ok(()) => Ok(instance),
+            Err(e) => {
+                instance.backend.destroy().await;
+                Err(e)
             }
-            Ok(Err(e)) => instance.classify(e).await,
+        }
+    }
+
+    /// Load the handler `init` within `load_timeout` and park the instance.
+    /// On `Err` the instance must not be used (its owner destroys it).
+    async fn load(&mut self, init: InitSpec, load_timeout: Duration) -> Result<(), ExecutorError> {
+        self.unpark().await?;
+        let err = match tokio::time::timeout(load_timeout, self.conn.init(init)).await {
+            Ok(Ok(_ready)) => {
+                self.park().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => self.classify(e).await,
             Err(_) => ExecutorError::Start(format!("handler did not load within {load_timeout:?}")),
         };
-        instance.backend.destroy().await;
         Err(err)
+    }
+
+    /// Start `language`'s runtime with no function (a pre-started instance)
+    /// and park it. On `Err` the instance must not be used.
+    pub(crate) async fn prestart(
+        &mut self,
+        language: faas_common::Language,
+        timeout: Duration,
+    ) -> Result<(), ExecutorError> {
+        let err = match tokio::time::timeout(timeout, self.conn.prestart(language)).await {
+            Ok(Ok(_ready)) => {
+                self.park().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => self.classify(e).await,
+            Err(_) => ExecutorError::Start(format!("runtime did not start within {timeout:?}")),
+        };
+        Err(err)
+    }
+
+    /// Load `init` into this pre-started instance, whose limit is now
+    /// `memory_mb`. On `Err` the instance is destroyed.
+    pub(crate) async fn specialise(
+        &mut self,
+        init: InitSpec,
+        memory_mb: u32,
+        load_timeout: Duration,
+    ) -> Result<(), ExecutorError> {
+        self.memory_mb = memory_mb;
+        self.prestarted = true;
+        let loaded = self.load(init, load_timeout).await;
+        if loaded.is_err() {
+            self.backend.destroy().await;
+        }
+        loaded
     }
 
     /// The sandbox side, for sandbox-specific steps after start (a snapshot).
@@ -202,6 +252,10 @@ impl<B: Backend> AgentInstance<B> {
 impl<B: Backend> Instance for AgentInstance<B> {
     fn id(&self) -> &str {
         self.backend.id()
+    }
+
+    fn prestarted(&self) -> bool {
+        self.prestarted
     }
 
     async fn invoke(

@@ -19,6 +19,7 @@ mod error;
 pub mod ids;
 mod instance;
 pub mod microvm;
+mod mounts;
 pub mod native;
 pub mod socket;
 #[cfg(any(test, feature = "testing"))]
@@ -108,6 +109,21 @@ pub trait Sandbox: Send + Sync + 'static {
         Err("this sandbox kind gives functions no network device".into())
     }
 
+    /// How many pre-started instances are ready now.
+    fn spares(&self) -> usize {
+        0
+    }
+
+    /// Make ready what a first start of this code will need (a deploy
+    /// calls it, so the first invocation does not pay for it).
+    async fn prepare(
+        &self,
+        code_dir: Option<&std::path::Path>,
+        deps_dir: Option<&std::path::Path>,
+    ) {
+        let _ = (code_dir, deps_dir);
+    }
+
     /// Remove instances a previous process left behind (after a crash); returns how many.
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError>;
 
@@ -134,6 +150,12 @@ pub trait Sandbox: Send + Sync + 'static {
 pub trait Instance: Send + Sync {
     /// Unique id (also the container / cgroup name).
     fn id(&self) -> &str;
+
+    /// Whether it was specialised from a pre-started instance rather than
+    /// started for its function.
+    fn prestarted(&self) -> bool {
+        false
+    }
 
     /// Invoke the loaded handler. On `Err` the instance must not be reused.
     async fn invoke(

@@ -43,6 +43,8 @@ pub mod headers {
     pub const DURATION_MS: &str = "x-faas-duration-ms";
     /// `true` when a new instance was started.
     pub const COLD_START: &str = "x-faas-cold-start";
+    /// On a cold start: `true` when it took a pre-started instance.
+    pub const PRESTARTED: &str = "x-faas-prestarted";
     /// Function version that ran.
     pub const VERSION: &str = "x-faas-version";
     /// For attested functions: `<kind>; simulated=<bool>; evidence=/attestation`.
@@ -407,6 +409,9 @@ async fn invoke(
         format!("{:.3}", inv.duration.as_secs_f64() * 1000.0),
     );
     set(h, headers::COLD_START, inv.cold_start.to_string());
+    if inv.cold_start {
+        set(h, headers::PRESTARTED, inv.prestarted.to_string());
+    }
     set(h, headers::VERSION, inv.version.to_string());
     if let Some(proof) = &inv.proof {
         let simulated = proof.kind == faas_attest::EvidenceKind::Simulated;

@@ -106,8 +106,19 @@ function context(spec, requestId, deadlineMs) {
 }
 
 async function main() {
+  // Loaded and waiting: a pre-started runtime is parked only after this.
+  send({ type: 'started' });
   const [init] = recv();
   const spec = init.spec;
+  // A pre-started runtime learns its function only now: take the function's
+  // environment and directory (the same values a fresh one started with, so
+  // this changes nothing there), and read NODE_PATH again.
+  for (const key of Object.keys(process.env)) {
+    if (!Object.prototype.hasOwnProperty.call(init.env, key)) delete process.env[key];
+  }
+  Object.assign(process.env, init.env);
+  process.chdir(init.cwd);
+  require('module').Module._initPaths();
   let func;
   try {
     func = load(spec);

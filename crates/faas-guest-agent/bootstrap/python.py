@@ -114,8 +114,16 @@ def describe(exc):
 
 
 def main():
+    # Loaded and waiting: a pre-started interpreter is parked only after this.
+    send({"type": "started"})
     header, _ = recv()
     spec = header["spec"]
+    # A pre-started interpreter learns its function only now: take the
+    # function's environment and directory (the same values a fresh one
+    # started with, so this changes nothing there).
+    os.environ.clear()
+    os.environ.update(header["env"])
+    os.chdir(header["cwd"])
     try:
         func, takes_context = load(spec)
     except BaseException as exc:  # a handler's import may raise anything, even SystemExit

@@ -75,23 +75,89 @@ impl Outcome {
     }
 }
 
-/// A loaded function.
+/// A loaded function, or a runtime started ahead for one.
 pub enum Runtime {
     /// Python or Node.js bootstrap process.
     Bootstrap(Bootstrap),
     /// Shell script or native executable: one process per invocation.
     Process(InitSpec),
+    /// Started by `Prestart` with no function: the next `Init` loads one into
+    /// it (a Python or Node.js bootstrap already running; nothing for shell
+    /// and native, which start a process per call anyway).
+    Spare {
+        /// The runtime it is.
+        language: Language,
+        /// The interpreter, waiting for its `init`.
+        bootstrap: Option<Bootstrap>,
+    },
 }
 
 impl Runtime {
-    /// Load the function; returns the runtime (if usable) and the `Ready` reply.
-    pub fn start(spec: InitSpec) -> (Option<Runtime>, Message) {
+    /// Start `language`'s runtime with no function; returns the runtime (if
+    /// usable) and the `Ready` reply.
+    pub fn prestart(language: Language) -> (Option<Runtime>, Message) {
+        let started = Instant::now();
+        let bootstrap = match language {
+            Language::Shell | Language::Native => Ok(None),
+            Language::Python | Language::Node => {
+                Bootstrap::launch(language, &bootstrap_env(language, None), "/").map(Some)
+            }
+        };
+        let (runtime, error) = match bootstrap {
+            Ok(bootstrap) => (
+                Some(Runtime::Spare {
+                    language,
+                    bootstrap,
+                }),
+                None,
+            ),
+            Err(e) => (None, Some(e)),
+        };
+        let ready = Message::Ready {
+            error,
+            logs: String::new(),
+            init_us: started.elapsed().as_micros() as u64,
+        };
+        (runtime, ready)
+    }
+
+    /// Load the function into `runtime`: into its spare interpreter when the
+    /// instance was pre-started, else a new one. Returns the `Ready` reply;
+    /// an instance that already has a function keeps it.
+    pub fn start(runtime: &mut Option<Runtime>, spec: InitSpec) -> Message {
         let started = Instant::now();
         let ready = |error: Option<String>, logs: String| Message::Ready {
             error,
             logs,
             init_us: started.elapsed().as_micros() as u64,
         };
+        let spare = match runtime.take() {
+            None => None,
+            // A shell spare serves a native executable too: neither has an
+            // interpreter.
+            Some(Runtime::Spare {
+                language,
+                bootstrap,
+            }) if language.image() == spec.language.image() => bootstrap,
+            Some(Runtime::Spare { language, .. }) => {
+                let error = format!("instance was started for {language}, not {}", spec.language);
+                return ready(Some(error), String::new());
+            }
+            Some(loaded) => {
+                *runtime = Some(loaded);
+                return ready(Some("instance already initialised".into()), String::new());
+            }
+        };
+        let (loaded, reply) = Self::load(spare, spec, ready);
+        *runtime = loaded;
+        reply
+    }
+
+    fn load(
+        spare: Option<Bootstrap>,
+        spec: InitSpec,
+        ready: impl Fn(Option<String>, String) -> Message,
+    ) -> (Option<Runtime>, Message) {
         match spec.language {
             Language::Shell | Language::Native => {
                 let script = format!("{}/{}", spec.code_dir, spec.handler);
@@ -103,10 +169,23 @@ impl Runtime {
                 }
                 (Some(Runtime::Process(spec)), ready(None, String::new()))
             }
-            Language::Python | Language::Node => match Bootstrap::spawn(&spec) {
-                Ok((b, logs)) => (Some(Runtime::Bootstrap(b)), ready(None, logs)),
-                Err((error, logs)) => (None, ready(Some(error), logs)),
-            },
+            Language::Python | Language::Node => {
+                let launched = match spare {
+                    Some(b) => Ok(b),
+                    None => Bootstrap::launch(
+                        spec.language,
+                        &bootstrap_env(spec.language, Some(&spec)),
+                        &spec.code_dir,
+                    ),
+                };
+                match launched
+                    .map_err(|e| (e, String::new()))
+                    .and_then(|b| b.load(&spec))
+                {
+                    Ok((b, logs)) => (Some(Runtime::Bootstrap(b)), ready(None, logs)),
+                    Err((error, logs)) => (None, ready(Some(error), logs)),
+                }
+            }
         }
     }
 
@@ -114,6 +193,9 @@ impl Runtime {
     pub fn invoke(&mut self, request_id: &str, deadline_ms: u64, payload: Vec<u8>) -> Outcome {
         match self {
             Runtime::Bootstrap(b) => b.invoke(request_id, deadline_ms, payload),
+            Runtime::Spare { .. } => {
+                Outcome::failed(FailureKind::Agent, "instance not initialised".into())
+            }
             Runtime::Process(spec) => {
                 let path = format!("{}/{}", spec.code_dir, spec.handler);
                 let mut argv = match spec.language {
@@ -263,14 +345,8 @@ fn read_capped(mut r: impl Read) -> Vec<u8> {
 /// The environment every function process gets.
 fn function_env(spec: &InitSpec) -> BTreeMap<String, String> {
     let mut env = spec.env.clone();
-    let defaults = [
-        ("PATH", PATH.to_string()),
-        ("HOME", "/tmp".into()),
-        ("LANG", "C.UTF-8".into()),
-        ("TMPDIR", "/tmp".into()),
-    ];
-    for (k, v) in defaults {
-        env.entry(k.into()).or_insert(v);
+    for (k, v) in default_env() {
+        env.entry(k).or_insert(v);
     }
     env.insert("FAAS_FUNCTION_NAME".into(), spec.function_name.clone());
     env.insert(
@@ -279,6 +355,38 @@ fn function_env(spec: &InitSpec) -> BTreeMap<String, String> {
     );
     env.insert("FAAS_MEMORY_MB".into(), spec.memory_mb.to_string());
     env.insert("FAAS_CODE_DIR".into(), spec.code_dir.clone());
+    env
+}
+
+/// What a process gets unless the function sets it.
+fn default_env() -> BTreeMap<String, String> {
+    [
+        ("PATH", PATH),
+        ("HOME", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("TMPDIR", "/tmp"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A bootstrap's environment: `spec`'s function environment, or (started
+/// ahead, with no function yet) the defaults alone. The interpreter settings
+/// are the same either way: a pre-started interpreter must be the one a
+/// function would have got.
+fn bootstrap_env(language: Language, spec: Option<&InitSpec>) -> BTreeMap<String, String> {
+    let mut env = spec.map_or_else(default_env, function_env);
+    if let Some(deps) = spec.and_then(|s| s.deps_dir.as_ref()) {
+        env.insert("FAAS_DEPS_DIR".into(), deps.clone());
+        if language == Language::Node {
+            env.insert("NODE_PATH".into(), format!("{deps}/node_modules"));
+        }
+    }
+    if language == Language::Python {
+        env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    }
     env
 }
 
@@ -370,30 +478,24 @@ pub struct Bootstrap {
 }
 
 impl Bootstrap {
-    /// Start the bootstrap and wait until it loaded the handler.
-    fn spawn(spec: &InitSpec) -> Result<(Bootstrap, String), (String, String)> {
-        let (program, script) = match spec.language {
+    /// Start `language`'s bootstrap with `env` in `cwd`; it waits for its
+    /// `init`.
+    fn launch(
+        language: Language,
+        env: &BTreeMap<String, String>,
+        cwd: &str,
+    ) -> Result<Bootstrap, String> {
+        let (program, script) = match language {
             Language::Python => ("python3", format!("{BOOTSTRAP_DIR}/python.py")),
             Language::Node => ("node", format!("{BOOTSTRAP_DIR}/node.js")),
             Language::Shell | Language::Native => {
-                unreachable!("no bootstrap for {}", spec.language)
+                unreachable!("no bootstrap for {language}")
             }
         };
-        let io = |e: std::io::Error| (format!("cannot start {program}: {e}"), String::new());
+        let io = |e: std::io::Error| format!("cannot start {program}: {e}");
         let (to_child_r, to_child_w) = std::io::pipe().map_err(io)?;
         let (from_child_r, from_child_w) = std::io::pipe().map_err(io)?;
         let (logs_r, logs_w) = std::io::pipe().map_err(io)?;
-        let mut env = function_env(spec);
-        if let Some(deps) = &spec.deps_dir {
-            env.insert("FAAS_DEPS_DIR".into(), deps.clone());
-            if spec.language == Language::Node {
-                env.insert("NODE_PATH".into(), format!("{deps}/node_modules"));
-            }
-        }
-        if spec.language == Language::Python {
-            env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
-            env.insert("PYTHONUNBUFFERED".into(), "1".into());
-        }
         let child_in: OwnedFd = to_child_r.into();
         let child_out: OwnedFd = from_child_w.into();
         let (in_fd, out_fd) = (child_in.as_raw_fd(), child_out.as_raw_fd());
@@ -401,8 +503,8 @@ impl Bootstrap {
         let mut cmd = Command::new(program);
         cmd.arg(&script)
             .env_clear()
-            .envs(&env)
-            .current_dir(&spec.code_dir)
+            .envs(env)
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::from(OwnedFd::from(logs_w)))
             .stderr(Stdio::from(OwnedFd::from(logs_w2)));
@@ -430,22 +532,43 @@ impl Bootstrap {
             from: std::fs::File::from(OwnedFd::from(from_child_r)),
             logs: Logs::start(logs_r),
         };
-        let init = json!({"type": "init", "spec": spec});
-        if let Err(e) = b.send(&init, &[]) {
-            let logs = b.logs.take_until(&marker("init"), MARKER_WAIT);
-            return Err((b.exit_reason(format!("runtime failed to start: {e}")), logs));
-        }
+        // The interpreter says when it has loaded the bootstrap: a
+        // pre-started one must not be frozen halfway through its start.
         match b.recv() {
+            Ok((hdr, _)) if hdr.get("type").and_then(|t| t.as_str()) == Some("started") => Ok(b),
+            Ok(_) => Err(format!("{program} bootstrap sent no start message")),
+            Err(_) => Err(b.exit_reason(format!("{program} exited while starting"))),
+        }
+    }
+
+    /// Load `spec`'s handler: the bootstrap takes the function's environment
+    /// and working directory from the `init` (a pre-started one has neither
+    /// yet), then imports the handler.
+    fn load(mut self, spec: &InitSpec) -> Result<(Bootstrap, String), (String, String)> {
+        let init = json!({
+            "type": "init",
+            "spec": spec,
+            "env": bootstrap_env(spec.language, Some(spec)),
+            "cwd": spec.code_dir,
+        });
+        if let Err(e) = self.send(&init, &[]) {
+            let logs = self.logs.take_until(&marker("init"), MARKER_WAIT);
+            return Err((
+                self.exit_reason(format!("runtime failed to start: {e}")),
+                logs,
+            ));
+        }
+        match self.recv() {
             Ok((hdr, _)) => {
-                let logs = b.logs.take_until(&marker("init"), MARKER_WAIT);
+                let logs = self.logs.take_until(&marker("init"), MARKER_WAIT);
                 match hdr.get("type").and_then(|t| t.as_str()) {
-                    Some("ready") => Ok((b, logs)),
+                    Some("ready") => Ok((self, logs)),
                     _ => Err((error_of(&hdr, "handler failed to load"), logs)),
                 }
             }
             Err(_) => {
-                let reason = b.exit_reason("runtime exited while loading the handler".into());
-                let logs = b.logs.take_until(&marker("init"), MARKER_WAIT);
+                let reason = self.exit_reason("runtime exited while loading the handler".into());
+                let logs = self.logs.take_until(&marker("init"), MARKER_WAIT);
                 Err((reason, logs))
             }
         }

@@ -132,7 +132,7 @@ fn handle(
 fn dispatch(runtime: &mut Option<Runtime>, frame: Frame) -> (Frame, bool) {
     let runs_code = matches!(
         frame.message,
-        Message::Init(_) | Message::Invoke { .. } | Message::Exec { .. }
+        Message::Init(_) | Message::Prestart { .. } | Message::Invoke { .. } | Message::Exec { .. }
     );
     if !runs_code {
         return run(runtime, frame);
@@ -146,7 +146,8 @@ fn dispatch(runtime: &mut Option<Runtime>, frame: Frame) -> (Frame, bool) {
 fn run(runtime: &mut Option<Runtime>, frame: Frame) -> (Frame, bool) {
     match frame.message {
         Message::Ping => (Frame::new(Message::Pong), false),
-        Message::Init(spec) => {
+        Message::Init(spec) => (Frame::new(Runtime::start(runtime, spec)), false),
+        Message::Prestart { language } => {
             if runtime.is_some() {
                 return (
                     Frame::new(Message::Ready {
@@ -157,7 +158,7 @@ fn run(runtime: &mut Option<Runtime>, frame: Frame) -> (Frame, bool) {
                     false,
                 );
             }
-            let (rt, ready) = Runtime::start(spec);
+            let (rt, ready) = Runtime::prestart(language);
             *runtime = rt;
             (Frame::new(ready), false)
         }

@@ -629,6 +629,13 @@ impl Orchestrator {
         self.pool.retire(&record.id, record.version);
         self.pool
             .limit_function(&record.id, self.limits_of(&record));
+        // The views a first start needs, made now rather than on its clock.
+        if let Some(sandbox) = self.sandboxes.get(record.sandbox) {
+            let deps = record.deps_sha256.as_ref().map(|sha| self.deps.dir(sha));
+            sandbox
+                .prepare(Some(&self.code.path(&record.code_sha256)), deps.as_deref())
+                .await;
+        }
         tracing::info!(tenant = %record.tenant, function = %record.name, version = record.version, "deployed");
         self.audit(tenancy::entry(
             &p.caller,

@@ -156,6 +156,8 @@ pub struct Invocation {
     pub content_type: String,
     /// Whether a new instance was started.
     pub cold_start: bool,
+    /// Whether that new instance was a pre-started one, specialised.
+    pub prestarted: bool,
     /// Wall time, cold start included.
     pub duration: Duration,
     /// Signature and evidence kind, for functions that require attestation.
@@ -995,12 +997,12 @@ impl Orchestrator {
         };
         let secrets = self.tenancy.secrets_of(&self.store, &f.id).await?;
         let wait = Duration::from_secs(f.timeout_sec.into());
-        let (result, cold) = match self.acquire(&f, &secrets, &request_id, wait).await {
-            Err(e) => (Err(e), false),
+        let (result, cold, prestarted) = match self.acquire(&f, &secrets, &request_id, wait).await {
+            Err(e) => (Err(e), false, false),
             Ok(lease) => {
-                let cold = lease.cold;
+                let (cold, prestarted) = (lease.cold, lease.cold && lease.prestarted());
                 let result = self.call(&f, lease, &request_id, payload).await;
-                (scrub_result(result, &secrets), cold)
+                (scrub_result(result, &secrets), cold, prestarted)
             }
         };
         let duration = started.elapsed();
@@ -1024,6 +1026,7 @@ impl Orchestrator {
             body,
             content_type,
             cold_start: cold,
+            prestarted,
             duration,
             proof,
             logs,
@@ -1079,9 +1082,17 @@ impl Orchestrator {
             } else {
                 "on_demand"
             };
+            let from = if lease.prestarted() {
+                "prestarted"
+            } else {
+                "full"
+            };
             self.metrics
                 .instance_start
-                .get_or_create(&metrics::StartLabels { kind: kind.into() })
+                .get_or_create(&metrics::StartLabels {
+                    kind: kind.into(),
+                    from: from.into(),
+                })
                 .observe(lease.start_time.as_secs_f64());
             let labels = FunctionLabels {
                 tenant: f.tenant.to_string(),
@@ -1314,6 +1325,8 @@ impl Orchestrator {
 
     /// Prometheus text.
     pub fn render_metrics(&self) -> String {
+        let spares: usize = self.sandboxes.all().map(|s| s.spares()).sum();
+        self.metrics.prestarted_instances.set(spares as i64);
         if let Some(a) = self.attestation.as_ref().and_then(|n| n.current()) {
             self.metrics.set_attestation(
                 a.evidence.kind.as_str(),

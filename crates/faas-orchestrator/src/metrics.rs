@@ -52,6 +52,8 @@ pub struct Metrics {
     pub warm_instances: Gauge,
     /// Instances being started now.
     pub starting_instances: Gauge,
+    /// Pre-started instances ready now, with no function yet.
+    pub prestarted_instances: Gauge,
     /// Invocations waiting for a busy function's instance now.
     pub queued_invocations: Gauge,
     /// Invocations turned away, by reason.
@@ -78,11 +80,14 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-/// Why an instance started.
+/// Why an instance started, and how.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StartLabels {
     /// `on_demand` or `ahead`.
     pub kind: String,
+    /// `prestarted` (a pre-started instance, specialised) or `full` (a
+    /// sandbox and runtime started for the function).
+    pub from: String,
 }
 
 /// Labels of the node's attestation state.
@@ -140,6 +145,12 @@ impl Metrics {
             "Sandbox instances being started",
             starting_instances.clone(),
         );
+        let prestarted_instances = Gauge::default();
+        registry.register(
+            "prestarted_instances",
+            "Pre-started instances ready now, with no function yet",
+            prestarted_instances.clone(),
+        );
         let queued_invocations = Gauge::default();
         registry.register(
             "queued_invocations",
@@ -155,7 +166,7 @@ impl Metrics {
         let instance_start = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
         registry.register(
             "instance_start_seconds",
-            "Time to start an instance, by why it started (on_demand, ahead)",
+            "Time to start an instance, by why it started (on_demand, ahead) and from what (prestarted, full)",
             instance_start.clone(),
         );
         let async_backlog = Gauge::default();
@@ -205,6 +216,7 @@ impl Metrics {
             live_instances,
             warm_instances,
             starting_instances,
+            prestarted_instances,
             queued_invocations,
             rejections,
             instance_start,

@@ -177,6 +177,11 @@ impl Lease {
     pub fn instance(&mut self) -> &mut dyn Instance {
         self.instance.as_mut()
     }
+
+    /// Whether its instance was specialised from a pre-started one.
+    pub fn prestarted(&self) -> bool {
+        self.instance.prestarted()
+    }
 }
 
 /// Why no instance could be had.

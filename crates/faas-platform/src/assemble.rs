@@ -11,7 +11,7 @@ use faas_executor::microvm::{
     FirecrackerConfig, GuestImages, MicrovmConfig, MicrovmSandbox, QemuConfig, Vmm,
 };
 use faas_executor::native::build::BuildSandbox;
-use faas_executor::native::{NativeConfig, NativeSandbox, ParentLimits};
+use faas_executor::native::{NativeConfig, NativeSandbox, ParentLimits, Prestart};
 use faas_executor::{ImageRef, Sandbox};
 use faas_images::{ImageKind, ImageStore, InUse, RuntimeImage};
 use faas_netpolicy::{Egress, EgressConfig};
@@ -286,6 +286,16 @@ fn native_config(
         tmp_mb: n.tmp_mb.unwrap_or(defaults.tmp_mb),
         ephemeral_dir: layout.ephemeral("native"),
         egress,
+        prestart: Prestart {
+            counts: [Language::Python, Language::Node, Language::Shell]
+                .into_iter()
+                .filter(|_| n.prestart > 0)
+                .map(|l| (l, n.prestart))
+                .collect(),
+            memory_mb: o.default_memory_mb,
+            ephemeral_mb: faas_common::validate::DEFAULT_EPHEMERAL_MB,
+            slots_dir: layout.spare_slots("native"),
+        },
         ..defaults
     }
 }

@@ -119,6 +119,11 @@ pub struct Flags {
     /// their addresses from, a /30 each [default: 10.203.0.0/16].
     #[arg(long, env = "FAAS_EGRESS_SUBNET")]
     pub egress_subnet: Option<String>,
+    /// Native instances kept started ahead per runtime (Python, Node.js,
+    /// shell), with no function in them: a cold start takes one; 0 turns
+    /// them off [default: 1].
+    #[arg(long, env = "FAAS_PRESTART", value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub prestart: Option<u32>,
 }
 
 /// The config file (TOML); every key optional, unknown keys are errors.
@@ -276,6 +281,8 @@ pub struct NativeFileConfig {
     pub host_id_base: Option<u32>,
     /// Number of such ranges (65,536 ids each).
     pub host_id_slots: Option<u32>,
+    /// Instances kept started ahead per runtime.
+    pub prestart: Option<u32>,
 }
 
 impl FileConfig {
@@ -306,6 +313,8 @@ pub struct NativeSettings {
     pub tmp_mb: Option<u32>,
     /// Map instances through a user namespace; `None`: the sandbox's default (no).
     pub user_namespace: Option<bool>,
+    /// Instances kept started ahead per runtime (Python, Node.js, shell).
+    pub prestart: u32,
 }
 
 /// Docker sandbox settings.
@@ -609,6 +618,7 @@ impl PlatformConfig {
                 cpu_quota_us: n.cpu_quota_us,
                 tmp_mb: n.tmp_mb,
                 user_namespace: n.user_namespace,
+                prestart: flags.prestart.or(n.prestart).unwrap_or(1),
             },
             docker: DockerSettings {
                 host: flags

@@ -99,6 +99,11 @@ impl DataLayout {
         self.root.join("run/ephemeral").join(kind)
     }
 
+    /// Where pre-started instances' code and dependency slots are mounted.
+    pub fn spare_slots(&self, kind: &str) -> PathBuf {
+        self.root.join("run/spares").join(kind)
+    }
+
     /// The `faas.owner` label of this node's Docker containers: a digest of
     /// the data directory, so nodes sharing a daemon never remove each
     /// other's containers.

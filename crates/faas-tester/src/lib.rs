@@ -792,6 +792,29 @@ impl TestServer {
             .expect("metrics text")
     }
 
+    /// How many pre-started instances are ready (`faas_prestarted_instances`).
+    pub async fn spares_ready(&self) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("faas_prestarted_instances "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Wait until at least `want` pre-started instances are ready; false if
+    /// they are not within `within`.
+    pub async fn wait_for_spares(&self, want: u64, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.spares_ready().await >= want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// Invoke and return (status, headers, body bytes).
     pub async fn invoke(&self, name: &str, payload: &[u8]) -> Invoked {
         let r = self
@@ -805,12 +828,14 @@ impl TestServer {
                 .map(str::to_string)
         };
         let cold = header("x-faas-cold-start");
+        let prestarted = header("x-faas-prestarted");
         let request_id = header("x-faas-request-id");
         let content_type = header("content-type");
         let body = r.bytes().await.expect("body").to_vec();
         Invoked {
             status,
             cold_start: cold.as_deref() == Some("true"),
+            prestarted: prestarted.as_deref() == Some("true"),
             request_id,
             content_type,
             body,
@@ -918,6 +943,8 @@ pub struct Invoked {
     pub status: u16,
     /// `x-faas-cold-start`.
     pub cold_start: bool,
+    /// `x-faas-prestarted`: the cold start took a pre-started instance.
+    pub prestarted: bool,
     /// `x-faas-request-id`.
     pub request_id: Option<String>,
     /// `content-type`.

@@ -79,6 +79,44 @@ impl CgroupLayout {
         }
     }
 
+    /// Set cgroup `dir`'s memory limit to `bytes` (memory+swap too with
+    /// `swap_accounting`: the same value, so nothing swaps past the limit).
+    /// Fails with `EBUSY` when the cgroup already uses more.
+    pub fn set_memory_limit(
+        &self,
+        dir: &Path,
+        bytes: u64,
+        swap_accounting: bool,
+    ) -> std::io::Result<()> {
+        let value = bytes.to_string();
+        match self {
+            CgroupLayout::V1 { .. } => {
+                let (memory, memsw) = (
+                    dir.join("memory.limit_in_bytes"),
+                    dir.join("memory.memsw.limit_in_bytes"),
+                );
+                if !swap_accounting {
+                    return std::fs::write(memory, value);
+                }
+                // memory+swap may never be below memory: raise it first, lower it last.
+                let current: u64 = std::fs::read_to_string(&memory)?
+                    .trim()
+                    .parse()
+                    .map_err(std::io::Error::other)?;
+                if bytes > current {
+                    std::fs::write(memsw, &value)?;
+                    std::fs::write(memory, &value)
+                } else {
+                    std::fs::write(memory, &value)?;
+                    std::fs::write(memsw, &value)
+                }
+            }
+            // The swap limit (0) was set at start and stays.
+            CgroupLayout::V2 { .. } => std::fs::write(dir.join("memory.max"), value),
+            CgroupLayout::Unknown => Ok(()),
+        }
+    }
+
     /// How many times memory use in cgroup `dir` ran into its limit (v1
     /// `memory.failcnt`, v2 the `max` event).
     pub fn limit_hits(&self, dir: &Path) -> u64 {

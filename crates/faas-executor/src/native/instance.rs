@@ -11,13 +11,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use super::cgroup::{CgroupLayout, Freezer};
+use super::spare::Slots;
 use super::spec::{self, InstanceIds, InstanceMounts, Tmp};
 use super::NativeConfig;
-use crate::ephemeral::{EphemeralDisk, EphemeralDisks, TmpKind};
+use crate::ephemeral::{EphemeralDisk, TmpKind};
 use crate::ids::IdSlot;
 use crate::instance::{AgentInstance, Backend};
 use crate::socket::AgentListener;
-use crate::views::{View, Views};
+use crate::views::View;
 use crate::{ExecutorError, InstanceSpec};
 
 /// Lines of runc/agent stderr kept for error messages.
@@ -60,6 +61,9 @@ pub(super) struct InstanceGuard {
     pub(super) network: Option<faas_netpolicy::Attachment>,
     /// Its `/tmp` disk, when it has one; removed after the container.
     pub(super) tmp: Option<EphemeralDisk>,
+    /// Its code and dependency slots, when it was pre-started; unmounted
+    /// after the container, before the views bound there are released.
+    pub(super) slots: Option<Slots>,
     done: bool,
 }
 
@@ -85,6 +89,7 @@ impl InstanceGuard {
             socket_dir: None,
             network: None,
             tmp: None,
+            slots: None,
             done: false,
         }
     }
@@ -119,6 +124,9 @@ impl InstanceGuard {
         if let Some(sockets) = self.socket_dir.take() {
             let _ = tokio::fs::remove_dir_all(sockets).await;
         }
+        if let Some(slots) = self.slots.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(slots)).await;
+        }
         self.views.clear();
         if let Some(tmp) = self.tmp.take() {
             // Unmounting blocks: off the async threads.
@@ -146,6 +154,7 @@ impl Drop for InstanceGuard {
         let socket_dir = self.socket_dir.take();
         let network = self.network.take();
         let tmp = self.tmp.take();
+        let slots = self.slots.take();
         // Drop cannot await; a plain thread keeps this off the async runtime.
         let cleanup = std::thread::spawn(move || {
             // `runc run` first: dropped mid-start it may still be creating the
@@ -174,6 +183,7 @@ impl Drop for InstanceGuard {
             if let Some(sockets) = socket_dir {
                 let _ = std::fs::remove_dir_all(sockets);
             }
+            drop(slots);
             drop(views);
             drop(tmp);
             drop(ids);
@@ -196,16 +206,25 @@ pub struct NativeBackend {
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
-/// Start a native instance of `spec` on `rootfs`.
+/// A native instance.
+pub(super) type AgentInstanceOf = AgentInstance<NativeBackend>;
+
+/// Start a native instance of `spec` on `rootfs`; a pre-started one, its
+/// code and dependency slots empty, when `spare` is set.
 pub(super) async fn start(
-    config: &NativeConfig,
-    cgroups: &CgroupLayout,
-    cleanups: &Arc<Cleanups>,
-    views: &Arc<Views>,
-    ephemeral: &EphemeralDisks,
+    starter: &super::Starter,
     rootfs: &Path,
     spec: InstanceSpec,
+    spare: bool,
 ) -> Result<AgentInstance<NativeBackend>, ExecutorError> {
+    let super::Starter {
+        config,
+        cgroups,
+        cleanups,
+        views,
+        ephemeral,
+        ..
+    } = starter;
     let id = format!("faas-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let dir = config.instances_dir.join(&id);
     // The guard exists before anything is created, so every early return cleans up.
@@ -231,10 +250,23 @@ pub(super) async fn start(
     };
     let code = view(spec.code_dir.clone(), "code").await?;
     let deps = view(spec.deps_dir.clone(), "deps").await?;
-    let (code_dir, deps_dir) = (
-        code.as_ref().map(|v| v.path().to_path_buf()),
-        deps.as_ref().map(|v| v.path().to_path_buf()),
-    );
+    let (code_dir, deps_dir) = match spare {
+        // Empty until the instance is specialised (see `spare`).
+        true => {
+            let root = config.prestart.slots_dir.join(&id);
+            let slots = tokio::task::spawn_blocking(move || Slots::create(root))
+                .await
+                .map_err(|e| ExecutorError::Start(format!("slots task: {e}")))?;
+            let slots = guard
+                .slots
+                .insert(slots.map_err(ExecutorError::io("mount the code and dependency slots"))?);
+            (Some(slots.code()), Some(slots.deps()))
+        }
+        false => (
+            code.as_ref().map(|v| v.path().to_path_buf()),
+            deps.as_ref().map(|v| v.path().to_path_buf()),
+        ),
+    };
     guard.views.extend(code.into_iter().chain(deps));
     let tmp_dir = match TmpKind::of(spec.ephemeral_mb, config.tmp_mb) {
         TmpKind::Memory(_) => None,
@@ -256,6 +288,7 @@ pub(super) async fn start(
             code_dir: code_dir.as_deref(),
             deps_dir: deps_dir.as_deref(),
             hosts_file: egress.as_ref().map(|e| e.hosts.as_path()),
+            slots: guard.slots.is_some(),
             tmp: tmp_dir
                 .as_deref()
                 .map_or(Tmp::Memory(spec.ephemeral_mb), Tmp::Disk),
@@ -326,6 +359,45 @@ pub(super) async fn start(
         config.start_timeout,
     )
     .await
+}
+
+impl NativeBackend {
+    /// The host side of specialising a pre-started instance: bind the views
+    /// into its slots and give it the function's memory limit.
+    pub(super) async fn specialise(
+        &mut self,
+        code: Option<View>,
+        deps: Option<View>,
+        memory_mb: u32,
+        swap_accounting: bool,
+    ) -> Result<(), ExecutorError> {
+        let Some(slots) = self.guard.slots.take() else {
+            return Err(ExecutorError::Start("not a pre-started instance".into()));
+        };
+        let paths = (
+            code.as_ref().map(|v| v.path().to_path_buf()),
+            deps.as_ref().map(|v| v.path().to_path_buf()),
+        );
+        // Held by the guard before they are bound: it unmounts the slots first.
+        self.guard.views.extend(code.into_iter().chain(deps));
+        let (cgroups, memory_dir) = (self.cgroups.clone(), self.memory_dir.clone());
+        let (slots, done) = tokio::task::spawn_blocking(move || {
+            let done = slots
+                .fill(paths.0.as_deref(), paths.1.as_deref())
+                .map_err(ExecutorError::io("bind the views into the slots"))
+                .and_then(|()| match &memory_dir {
+                    Some(dir) => cgroups
+                        .set_memory_limit(dir, u64::from(memory_mb) << 20, swap_accounting)
+                        .map_err(ExecutorError::io("set the memory limit")),
+                    None => Ok(()),
+                });
+            (slots, done)
+        })
+        .await
+        .map_err(|e| ExecutorError::Start(format!("specialise task: {e}")))?;
+        self.guard.slots = Some(slots);
+        done
+    }
 }
 
 #[async_trait]

@@ -11,10 +11,11 @@
 pub mod build;
 pub(crate) mod cgroup;
 mod instance;
+mod spare;
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::ids::HostIds;
 use crate::views::Views;
 use crate::{ExecutorError, ImageRef, Instance, InstanceSpec, Sandbox};
 pub use cgroup::{CgroupLayout, ParentLimits};
+pub use spare::Prestart;
 
 /// Settings of the native sandbox.
 #[derive(Debug, Clone)]
@@ -76,6 +78,8 @@ pub struct NativeConfig {
     /// The node's egress enforcement; without it, functions with an egress
     /// allow-list are refused.
     pub egress: Option<Arc<faas_netpolicy::Egress>>,
+    /// Instances kept started ahead, per runtime (see [`spare`]).
+    pub prestart: Prestart,
 }
 
 impl Default for NativeConfig {
@@ -98,18 +102,56 @@ impl Default for NativeConfig {
             swap_accounting: CgroupLayout::detect().swap_accounting(),
             start_timeout: Duration::from_secs(20),
             egress: None,
+            prestart: Prestart {
+                slots_dir: PathBuf::from("/run/faas/spares/native"),
+                ..Prestart::default()
+            },
         }
     }
 }
 
 /// Starts native sandbox instances.
 pub struct NativeSandbox {
+    starter: Arc<Starter>,
+    spares: Arc<spare::Spares>,
+}
+
+/// What starting an instance takes.
+struct Starter {
     config: NativeConfig,
     images: HashMap<Language, ImageRef>,
     cgroups: CgroupLayout,
     cleanups: Arc<instance::Cleanups>,
     views: Arc<Views>,
     ephemeral: EphemeralDisks,
+}
+
+impl Starter {
+    async fn start(
+        &self,
+        spec: InstanceSpec,
+        spare: bool,
+    ) -> Result<instance::AgentInstanceOf, ExecutorError> {
+        let rootfs = self
+            .images
+            .get(&spec.language.image())
+            .ok_or_else(|| ExecutorError::ImageMissing(spec.language.to_string()))?;
+        instance::start(self, &rootfs.rootfs, spec, spare).await
+    }
+
+    /// Start a spare of `language` for `spares`.
+    async fn spare(
+        self: Arc<Self>,
+        spares: Arc<spare::Spares>,
+        language: Language,
+    ) -> Result<instance::AgentInstanceOf, ExecutorError> {
+        let mut spare = self.start(spares.spec(language), true).await?;
+        if let Err(e) = spare.prestart(language, self.config.start_timeout).await {
+            spare.destroy_backend().await;
+            return Err(e);
+        }
+        Ok(spare)
+    }
 }
 
 impl NativeSandbox {
@@ -150,19 +192,31 @@ impl NativeSandbox {
                 "user namespaces are disabled on this kernel (user.max_user_namespaces = 0)".into(),
             ));
         }
-        Ok(NativeSandbox {
-            views: Views::new(config.views_dir.clone(), config.views_mounts.clone()),
-            ephemeral: EphemeralDisks::new(config.ephemeral_dir.clone()),
-            config,
-            images,
-            cgroups: CgroupLayout::detect(),
-            cleanups: Arc::default(),
-        })
+        let spares = spare::Spares::new(config.prestart.clone(), config.tmp_mb);
+        let sandbox = NativeSandbox {
+            starter: Arc::new(Starter {
+                views: Views::new(config.views_dir.clone(), config.views_mounts.clone()),
+                ephemeral: EphemeralDisks::new(config.ephemeral_dir.clone()),
+                config,
+                images,
+                cgroups: CgroupLayout::detect(),
+                cleanups: Arc::default(),
+            }),
+            spares,
+        };
+        Ok(sandbox)
     }
 
     /// The settings in force.
     pub fn config(&self) -> &NativeConfig {
-        &self.config
+        &self.starter.config
+    }
+
+    /// Start spares until each runtime has its configured count.
+    fn fill_spares(&self) {
+        let (starter, spares) = (self.starter.clone(), self.spares.clone());
+        self.spares
+            .fill(move |language| starter.clone().spare(spares.clone(), language));
     }
 }
 
@@ -173,60 +227,107 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Instance>, ExecutorError> {
-        let rootfs = self
-            .images
-            .get(&spec.language.image())
-            .ok_or_else(|| ExecutorError::ImageMissing(spec.language.to_string()))?;
-        let instance = instance::start(
-            &self.config,
-            &self.cgroups,
-            &self.cleanups,
-            &self.views,
-            &self.ephemeral,
-            &rootfs.rootfs,
-            spec,
-        )
-        .await?;
+        if let Some(spare) = self.spares.take(&spec) {
+            self.fill_spares();
+            let config = &self.starter.config;
+            match spare::specialise(
+                spare,
+                spec.clone(),
+                &self.starter.views,
+                config.swap_accounting,
+                config.start_timeout,
+            )
+            .await
+            {
+                Ok(instance) => return Ok(Box::new(instance)),
+                Err(spare::Unfit::Failed(e)) => return Err(e),
+                Err(spare::Unfit::Retry(e)) => {
+                    tracing::warn!("cannot specialise a pre-started instance, starting anew: {e}");
+                }
+            }
+        }
+        let instance = self.starter.start(spec, false).await?;
         Ok(Box::new(instance))
     }
 
+    fn spares(&self) -> usize {
+        self.spares.ready()
+    }
+
+    async fn prepare(&self, code_dir: Option<&Path>, deps_dir: Option<&Path>) {
+        for (dir, label) in [(code_dir, "code"), (deps_dir, "deps")] {
+            if let Some(dir) = dir {
+                // Built and mounted now, kept mounted a while after this use.
+                if let Err(e) = self.starter.views.acquire(dir, label).await {
+                    tracing::warn!("cannot prepare the {label} view: {e}");
+                }
+            }
+        }
+    }
+
     fn egress_support(&self) -> Result<(), String> {
-        match &self.config.egress {
+        match &self.starter.config.egress {
             Some(_) => Ok(()),
             None => Err("nftables enforcement is not set up (see the server's log)".into()),
         }
     }
 
     async fn reap_leftovers(&self) -> Result<usize, ExecutorError> {
-        let n = instance::reap_leftovers(&self.config).await?;
-        let (views, ephemeral) = (self.views.clone(), self.ephemeral.clone());
-        let _ = tokio::task::spawn_blocking(move || (views.sweep(), ephemeral.sweep())).await;
+        let starter = &self.starter;
+        let config = &starter.config;
+        let n = instance::reap_leftovers(config).await?;
+        let (views, ephemeral) = (starter.views.clone(), starter.ephemeral.clone());
+        let slots = config.prestart.slots_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            (
+                spare::Slots::sweep(&slots),
+                views.sweep(),
+                ephemeral.sweep(),
+            )
+        })
+        .await;
         // The sweep removed the parent; instances to come live under its limits.
-        if let Some(limits) = self.config.parent_limits {
-            let parent = self.config.cgroup_parent.clone();
+        if let Some(limits) = config.parent_limits {
+            let parent = config.cgroup_parent.clone();
             tokio::task::spawn_blocking(move || cgroup::limit_parent(&parent, limits))
                 .await
                 .map_err(|e| ExecutorError::Start(format!("cgroup task: {e}")))?
                 .map_err(ExecutorError::io(format!(
                     "limit the parent cgroup {}",
-                    self.config.cgroup_parent
+                    config.cgroup_parent
                 )))?;
         }
+        // A clean slate: time to start the spares.
+        self.fill_spares();
         Ok(n)
     }
 
     async fn shutdown(&self) -> Result<usize, ExecutorError> {
-        let cleanups = self.cleanups.clone();
+        self.spares.close().await;
+        let starter = &self.starter;
+        let config = &starter.config;
+        let cleanups = starter.cleanups.clone();
         let _ = tokio::task::spawn_blocking(move || cleanups.join_all()).await;
-        let n = instance::reap_leftovers(&self.config).await?;
-        let (views, ephemeral) = (self.views.clone(), self.ephemeral.clone());
-        let _ = tokio::task::spawn_blocking(move || (views.sweep(), ephemeral.sweep())).await;
-        crate::socket::remove_dirs(&self.config.sockets_dir).await;
+        let n = instance::reap_leftovers(config).await?;
+        let (views, ephemeral) = (starter.views.clone(), starter.ephemeral.clone());
+        let slots = config.prestart.slots_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            (
+                spare::Slots::sweep(&slots),
+                views.sweep(),
+                ephemeral.sweep(),
+            )
+        })
+        .await;
+        crate::socket::remove_dirs(&config.sockets_dir).await;
         Ok(n)
     }
 
     async fn forget_trees(&self, code: &HashSet<String>, deps: &HashSet<String>) {
-        self.views.forget(&[("code", code), ("deps", deps)]).await;
+        self.starter
+            .views
+            .forget(&[("code", code), ("deps", deps)])
+            .await;
     }
 }
 

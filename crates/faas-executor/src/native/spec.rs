@@ -55,6 +55,10 @@ pub struct InstanceMounts<'a> {
     pub deps_dir: Option<&'a Path>,
     /// The instance's `/etc/hosts` (its pinned egress names), bound read-only.
     pub hosts_file: Option<&'a Path>,
+    /// `code_dir` and `deps_dir` are empty slots of a pre-started instance:
+    /// bound as slaves of the host's mount, so the views mounted there when
+    /// it is specialised show inside.
+    pub slots: bool,
     /// Its `/tmp`.
     pub tmp: Tmp<'a>,
 }
@@ -118,11 +122,16 @@ pub fn build(
         json!({"destination": dest, "type": "bind", "source": src,
                "options": ["rbind", "ro", "nosuid", "nodev"]})
     };
+    let slot_bind = |dest: &str, src: &Path| {
+        json!({"destination": dest, "type": "bind", "source": src,
+               "options": ["rbind", "ro", "nosuid", "nodev", "rslave"]})
+    };
+    let code_bind = if mounts.slots { slot_bind } else { ro_bind };
     if let Some(code) = mounts.code_dir {
-        mount_list.push(ro_bind(GUEST_CODE_DIR, code));
+        mount_list.push(code_bind(GUEST_CODE_DIR, code));
     }
     if let Some(deps) = mounts.deps_dir {
-        mount_list.push(ro_bind(GUEST_DEPS_DIR, deps));
+        mount_list.push(code_bind(GUEST_DEPS_DIR, deps));
     }
     if let Some(hosts) = mounts.hosts_file {
         mount_list.push(ro_bind("/etc/hosts", hosts));
@@ -212,6 +221,7 @@ mod tests {
                 code_dir: Some(Path::new("/code/abc")),
                 deps_dir: None,
                 hosts_file: None,
+                slots: false,
                 tmp: Tmp::Memory(64),
             },
             IDS,
@@ -334,6 +344,7 @@ mod tests {
             code_dir: None,
             deps_dir: None,
             hosts_file: None,
+            slots: false,
             tmp,
         }
     }
