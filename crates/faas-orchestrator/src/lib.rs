@@ -1150,9 +1150,11 @@ impl Orchestrator {
                 logs,
                 ..
             }) => (kind.outcome(), Some(message.clone()), logs.clone()),
-            Err(OrchestratorError::Overloaded(m)) => {
-                (Outcome::Unavailable, Some(m.clone()), String::new())
-            }
+            Err(
+                OrchestratorError::Overloaded(m)
+                | OrchestratorError::Busy { message: m, .. }
+                | OrchestratorError::RateLimited { message: m, .. },
+            ) => (Outcome::Unavailable, Some(m.clone()), String::new()),
             Err(e) => (Outcome::Crash, Some(e.to_string()), String::new()),
         };
         self.metrics

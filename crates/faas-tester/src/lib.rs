@@ -318,7 +318,8 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Start a server with default limits.
+    /// Start a server with default limits, but no pre-started instances
+    /// unless `--prestart` is among the flags (see `spawn`).
     pub async fn start(executor: Executor) -> TestServer {
         Self::start_with(executor, &[]).await
     }
@@ -409,6 +410,12 @@ impl TestServer {
         // `faas serve` picks Firecracker when this is set: only for its variant.
         if self.executor != Executor::Firecracker {
             cmd.env_remove("FAAS_FC_BINARY_PATH");
+        }
+        // Pre-started instances come and go in the background, which would
+        // blur the instances, containers and mounts tests count: only the
+        // tests of them (and of what a specialised one guarantees) ask.
+        if !self.extra_args.iter().any(|a| a == "--prestart") {
+            cmd.args(["--prestart", "0"]);
         }
         let child = cmd
             .args(["--addr", &format!("127.0.0.1:{port}")])

@@ -189,7 +189,7 @@ async fn a_full_queue_is_429_and_a_burst_leaves_the_node_serving() {
     assert_eq!(counted as usize, busy.len(), "{line}");
     assert!(metrics.contains("faas_queued_invocations 0"), "{metrics}");
     assert!(
-        metrics.contains("faas_instance_start_seconds_count{kind=\"ahead\"}"),
+        metrics.contains("faas_instance_start_seconds_count{kind=\"ahead\",from=\"full\"}"),
         "{metrics}"
     );
     let rss_after = s.server_rss_kb();
