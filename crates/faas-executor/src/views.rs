@@ -72,6 +72,19 @@ impl Views {
         })
     }
 
+    /// Build and mount the views of `code` and `deps` now (a deploy), so the
+    /// first instance does not wait for them; they stay mounted as unused
+    /// views do.
+    pub async fn prepare(self: &Arc<Self>, code: Option<&Path>, deps: Option<&Path>) {
+        for (dir, label) in [(code, "code"), (deps, "deps")] {
+            if let Some(dir) = dir {
+                if let Err(e) = self.acquire(dir, label).await {
+                    tracing::warn!("cannot prepare the {label} view: {e}");
+                }
+            }
+        }
+    }
+
     /// A view of `src`, a content-addressed directory (its name is the hash
     /// of its content), labelled `label` (`code`, `deps`).
     pub async fn acquire(self: &Arc<Self>, src: &Path, label: &str) -> Result<View, ExecutorError> {

@@ -144,9 +144,10 @@ pub async fn run(args: InvokeArgs) -> Result<ExitCode> {
             .unwrap_or_default()
             .to_string()
     };
-    let (rid, cold, ms) = (
+    let (rid, cold, prestarted, ms) = (
         header("x-faas-request-id"),
         header("x-faas-cold-start") == "true",
+        header("x-faas-prestarted") == "true",
         header("x-faas-duration-ms"),
     );
     let body = resp.bytes().await.context("cannot read response")?;
@@ -158,6 +159,7 @@ pub async fn run(args: InvokeArgs) -> Result<ExitCode> {
         let out = json!({
             "request_id": rid,
             "cold_start": cold,
+            "prestarted": prestarted,
             "duration_ms": ms.parse::<f64>().unwrap_or_default(),
             "response": response,
         });

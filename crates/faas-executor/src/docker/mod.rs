@@ -478,6 +478,14 @@ impl Sandbox for DockerSandbox {
     async fn forget_trees(&self, code: &HashSet<String>, deps: &HashSet<String>) {
         self.views.forget(&[("code", code), ("deps", deps)]).await;
     }
+
+    async fn prepare(
+        &self,
+        code_dir: Option<&std::path::Path>,
+        deps_dir: Option<&std::path::Path>,
+    ) {
+        self.views.prepare(code_dir, deps_dir).await;
+    }
 }
 
 /// `faas-runtime-python:<hash>`.

@@ -255,14 +255,7 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn prepare(&self, code_dir: Option<&Path>, deps_dir: Option<&Path>) {
-        for (dir, label) in [(code_dir, "code"), (deps_dir, "deps")] {
-            if let Some(dir) = dir {
-                // Built and mounted now, kept mounted a while after this use.
-                if let Err(e) = self.starter.views.acquire(dir, label).await {
-                    tracing::warn!("cannot prepare the {label} view: {e}");
-                }
-            }
-        }
+        self.starter.views.prepare(code_dir, deps_dir).await;
     }
 
     fn egress_support(&self) -> Result<(), String> {
