@@ -4,6 +4,7 @@
 //! sandbox-specific parts: how to tell an OOM kill, what the sandbox says when the
 //! agent is lost, and how to tear it down.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,18 +28,40 @@ pub(crate) trait Backend: Send + Sync + 'static {
     }
     /// What the sandbox itself reports after the agent was lost (exit status, stderr).
     async fn diagnose(&mut self) -> String;
-    /// Stop every process of the sandbox where it stands (an idle instance:
-    /// whatever a handler left running must not use CPU between invocations).
-    /// Sandboxes that freeze themselves (a microVM's agent does) keep the default.
-    async fn freeze(&mut self) -> Result<(), ExecutorError> {
-        Ok(())
-    }
-    /// Undo [`Backend::freeze`].
-    async fn thaw(&mut self) -> Result<(), ExecutorError> {
-        Ok(())
+    /// The switch that stops every process of the sandbox where it stands
+    /// (an idle instance: whatever a handler left running must not use CPU
+    /// between invocations). Sandboxes that freeze themselves (a microVM's
+    /// agent does) keep the default.
+    fn freezer(&self) -> Option<Arc<dyn FreezeSwitch>> {
+        None
     }
     /// Remove everything the sandbox has on the host.
     async fn destroy(&mut self);
+}
+
+/// Freezes and thaws one sandbox; shared with the task that freezes it once
+/// it has been idle a while.
+pub(crate) trait FreezeSwitch: Send + Sync + 'static {
+    /// Stop every process where it stands.
+    fn freeze(&self) -> std::io::Result<()>;
+    /// Let them run again.
+    fn thaw(&self) -> std::io::Result<()>;
+}
+
+/// How long an idle instance runs on before it is frozen. Freezing is not
+/// free (the kernel's freezer patches code and interrupts every CPU when a
+/// cgroup enters or leaves it), so an instance that is called again within
+/// this never freezes; a process a handler left running gets at most this
+/// much CPU after each call.
+const FREEZE_AFTER: Duration = Duration::from_millis(50);
+
+/// Where an instance stands with its freezer.
+#[derive(Default)]
+struct Parking {
+    /// Counts parks and unparks: a freeze scheduled at one park is void once
+    /// this moved on.
+    generation: u64,
+    frozen: bool,
 }
 
 /// An instance: a backend plus a connected agent.
@@ -46,7 +69,8 @@ pub(crate) struct AgentInstance<B: Backend> {
     backend: B,
     conn: AgentConn<UnixStream>,
     memory_mb: u32,
-    frozen: bool,
+    freezer: Option<Arc<dyn FreezeSwitch>>,
+    parking: Arc<Mutex<Parking>>,
     /// Specialised from a pre-started instance.
     prestarted: bool,
 }
@@ -62,10 +86,11 @@ impl<B: Backend> AgentInstance<B> {
         load_timeout: Duration,
     ) -> Result<Self, ExecutorError> {
         let mut instance = AgentInstance {
+            freezer: backend.freezer(),
             backend,
             conn: AgentConn::new(stream),
             memory_mb,
-            frozen: false,
+            parking: Arc::default(),
             prestarted: false,
         };
         let Some(init) = init else {
@@ -74,7 +99,7 @@ impl<B: Backend> AgentInstance<B> {
         match instance.load(init, load_timeout).await {
             Ok(()) => Ok(instance),
             Err(e) => {
-                instance.backend.destroy().await;
+                instance.destroy_backend().await;
                 Err(e)
             }
         }
@@ -125,7 +150,7 @@ impl<B: Backend> AgentInstance<B> {
         self.prestarted = true;
         let loaded = self.load(init, load_timeout).await;
         if loaded.is_err() {
-            self.backend.destroy().await;
+            self.destroy_backend().await;
         }
         loaded
     }
@@ -137,25 +162,57 @@ impl<B: Backend> AgentInstance<B> {
 
     /// Tear the sandbox down (when a start-time step after loading failed).
     pub(crate) async fn destroy_backend(&mut self) {
+        self.retire();
         self.backend.destroy().await;
     }
 
-    /// Freeze the idle instance. A freezer that fails leaves it running, which
-    /// costs CPU but breaks nothing: say so and carry on.
+    /// The instance is idle: freeze it if it stays idle for [`FREEZE_AFTER`].
+    /// A freezer that fails leaves it running, which costs CPU but breaks
+    /// nothing: say so and carry on.
     async fn park(&mut self) {
-        match self.backend.freeze().await {
-            Ok(()) => self.frozen = true,
-            Err(e) => tracing::warn!(instance = self.backend.id(), "cannot freeze: {e}"),
-        }
+        let Some(freezer) = self.freezer.clone() else {
+            return;
+        };
+        let generation = {
+            let mut p = self.parking.lock().expect("parking lock");
+            p.generation += 1;
+            p.generation
+        };
+        let (parking, id) = (self.parking.clone(), self.backend.id().to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(FREEZE_AFTER).await;
+            // The freezer's file write can take a while: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut p = parking.lock().expect("parking lock");
+                if p.generation != generation || p.frozen {
+                    return;
+                }
+                match freezer.freeze() {
+                    Ok(()) => p.frozen = true,
+                    Err(e) => tracing::warn!(instance = id, "cannot freeze: {e}"),
+                }
+            })
+            .await;
+        });
     }
 
-    /// Thaw the instance before talking to its agent.
+    /// Before talking to its agent: cancel a pending freeze, thaw a frozen one.
     async fn unpark(&mut self) -> Result<(), ExecutorError> {
-        if self.frozen {
-            self.backend.thaw().await?;
-            self.frozen = false;
+        let Some(freezer) = &self.freezer else {
+            return Ok(());
+        };
+        let mut p = self.parking.lock().expect("parking lock");
+        p.generation += 1;
+        if p.frozen {
+            freezer.thaw().map_err(ExecutorError::io("thaw instance"))?;
+            p.frozen = false;
         }
         Ok(())
+    }
+
+    /// No freeze may come after the sandbox is gone.
+    fn retire(&self) {
+        self.parking.lock().expect("parking lock").generation += 1;
     }
 
     /// Turn a failure into OutOfMemory when the OOM killer struck, and a lost
@@ -310,6 +367,7 @@ impl<B: Backend> Instance for AgentInstance<B> {
     }
 
     async fn destroy(mut self: Box<Self>) {
+        self.retire();
         self.backend.destroy().await;
     }
 }

@@ -26,7 +26,7 @@ use faas_common::SandboxKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::instance::{AgentInstance, Backend};
+use crate::instance::{AgentInstance, Backend, FreezeSwitch};
 use crate::{ExecutorError, Instance, InstanceSpec, Sandbox};
 
 /// What the fake sandbox has done, for tests to look at.
@@ -56,8 +56,30 @@ struct FakeBackend {
     counters: Arc<FakeCounters>,
     oom: Arc<AtomicBool>,
     oom_seen: bool,
-    frozen: bool,
+    freezer: Arc<FakeFreezer>,
     destroyed: bool,
+}
+
+/// Counts frozen instances instead of freezing anything.
+struct FakeFreezer {
+    counters: Arc<FakeCounters>,
+    frozen: AtomicBool,
+}
+
+impl FreezeSwitch for FakeFreezer {
+    fn freeze(&self) -> std::io::Result<()> {
+        if !self.frozen.swap(true, Ordering::SeqCst) {
+            self.counters.frozen.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn thaw(&self) -> std::io::Result<()> {
+        if self.frozen.swap(false, Ordering::SeqCst) {
+            self.counters.frozen.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -76,26 +98,14 @@ impl Backend for FakeBackend {
         "fake sandbox".into()
     }
 
-    async fn freeze(&mut self) -> Result<(), ExecutorError> {
-        if !self.frozen {
-            self.frozen = true;
-            self.counters.frozen.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-
-    async fn thaw(&mut self) -> Result<(), ExecutorError> {
-        if self.frozen {
-            self.frozen = false;
-            self.counters.frozen.fetch_sub(1, Ordering::SeqCst);
-        }
-        Ok(())
+    fn freezer(&self) -> Option<Arc<dyn FreezeSwitch>> {
+        Some(self.freezer.clone())
     }
 
     async fn destroy(&mut self) {
         if !self.destroyed {
             self.destroyed = true;
-            let _ = self.thaw().await;
+            let _ = self.freezer.thaw();
             self.counters.destroyed.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -118,7 +128,10 @@ impl Sandbox for FakeSandbox {
             counters: self.counters.clone(),
             oom,
             oom_seen: false,
-            frozen: false,
+            freezer: Arc::new(FakeFreezer {
+                counters: self.counters.clone(),
+                frozen: AtomicBool::new(false),
+            }),
             destroyed: false,
         };
         let instance = AgentInstance::start(
@@ -242,11 +255,12 @@ mod tests {
         let t = Duration::from_millis(300);
         let mut i = sandbox.start(instance_spec()).await.unwrap();
         assert_eq!(i.invoke("r", b"hi".to_vec(), t).await.unwrap().body, b"hi");
-        assert_eq!(
-            sandbox.counters.frozen.load(Ordering::SeqCst),
-            1,
-            "idle after the call: frozen"
-        );
+        let frozen = || sandbox.counters.frozen.load(Ordering::SeqCst);
+        assert_eq!(frozen(), 0, "called again soon, it is never frozen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(frozen(), 1, "idle a while after the call: frozen");
+        assert_eq!(i.invoke("r", b"hi".to_vec(), t).await.unwrap().body, b"hi");
+        assert_eq!(frozen(), 0, "thawed for the call");
         let out = i.invoke("r", b"fail".to_vec(), t).await.unwrap();
         assert!(out.error.is_some(), "a handler error is a result");
         assert!(matches!(

@@ -333,6 +333,16 @@ pub struct Store {
     latest: Arc<Mutex<HashMap<(TenantId, String), FunctionVersion>>>,
     /// Invocation records written after their answer went out.
     pending: Arc<Pending>,
+    /// Records waiting for the writer, which takes them in batches.
+    queued: Arc<Mutex<RecordQueue>>,
+}
+
+/// Invocation records waiting to be written, each with its ticket.
+#[derive(Default)]
+struct RecordQueue {
+    records: Vec<(String, InvocationRecord, PendingWrite)>,
+    /// Whether a writer task is running (it drains the queue before it ends).
+    writing: bool,
 }
 
 /// Record writes in flight, by ticket: a reader waits for the writes that
@@ -435,22 +445,47 @@ impl Store {
             conn: Arc::new(Mutex::new(conn)),
             latest: Arc::default(),
             pending: Arc::default(),
+            queued: Arc::default(),
         })
     }
 
-    /// Keep an invocation's record without making its caller wait: the
-    /// write runs on its own, and readers of records ([`Store::invocations`],
+    /// Keep an invocation's record without making its caller wait: a writer
+    /// task writes it with the others queued meanwhile, and readers of records ([`Store::invocations`],
     /// [`Store::counts`]) and [`Store::settled`] wait for it.
     pub fn record_later(&self, function_id: String, record: InvocationRecord) {
         let pending = PendingWrite::new(&self.pending);
-        let store = self.clone();
-        tokio::spawn(async move {
-            let request_id = record.request_id.clone();
-            if let Err(e) = store.record(function_id, record).await {
-                tracing::warn!("could not record invocation {request_id}: {e}");
+        let start = {
+            let mut q = self.queued.lock().expect("record queue lock");
+            q.records.push((function_id, record, pending));
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if start {
+            let store = self.clone();
+            tokio::spawn(async move { store.write_queued().await });
+        }
+    }
+
+    /// Write queued records until none is left, each batch in one
+    /// transaction: under load, the records that arrive while one batch is
+    /// written make the next, so a call costs a row, not a commit.
+    async fn write_queued(&self) {
+        loop {
+            let batch = {
+                let mut q = self.queued.lock().expect("record queue lock");
+                if q.records.is_empty() {
+                    q.writing = false;
+                    return;
+                }
+                std::mem::take(&mut q.records)
+            };
+            let (rows, tickets): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|(f, r, t)| ((f, r), t)).unzip();
+            let n = rows.len();
+            if let Err(e) = self.record_all(rows).await {
+                tracing::warn!("could not record {n} invocations: {e}");
             }
-            drop(pending);
-        });
+            drop(tickets);
+        }
     }
 
     /// Wait (at most 5 s) until every record write begun before this call
@@ -893,30 +928,47 @@ impl Store {
         function_id: String,
         record: InvocationRecord,
     ) -> Result<(), OrchestratorError> {
+        self.record_all(vec![(function_id, record)]).await
+    }
+
+    /// Keep invocation records (function id, record) in one transaction,
+    /// each function's oldest beyond [`KEEP_INVOCATIONS`] dropped.
+    async fn record_all(
+        &self,
+        records: Vec<(String, InvocationRecord)>,
+    ) -> Result<(), OrchestratorError> {
         self.with(move |conn| {
             let tx = conn.transaction()?;
-            // The function may have been deleted meanwhile; then there is nothing to keep.
-            let failed = i64::from(record.outcome != faas_common::api::Outcome::Success);
-            let exists = tx.execute(
-                "UPDATE functions SET invocations = invocations + 1, failures = failures + ?2
-                 WHERE id = ?1",
-                params![function_id, failed],
-            )? == 1;
-            if exists {
-                tx.execute(
-                    "INSERT INTO invocations (request_id, function_id, record) VALUES (?1, ?2, ?3)",
-                    params![
-                        record.request_id,
-                        function_id,
-                        serde_json::to_string(&record)?
-                    ],
+            let mut touched = std::collections::BTreeSet::new();
+            {
+                let mut count = tx.prepare_cached(
+                    "UPDATE functions SET invocations = invocations + 1, failures = failures + ?2
+                     WHERE id = ?1",
                 )?;
-                tx.execute(
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO invocations (request_id, function_id, record) VALUES (?1, ?2, ?3)",
+                )?;
+                for (function_id, record) in &records {
+                    let failed = i64::from(record.outcome != faas_common::api::Outcome::Success);
+                    // The function may have been deleted meanwhile; then
+                    // there is nothing to keep.
+                    if count.execute(params![function_id, failed])? == 1 {
+                        insert.execute(params![
+                            record.request_id,
+                            function_id,
+                            serde_json::to_string(record)?
+                        ])?;
+                        touched.insert(function_id.as_str());
+                    }
+                }
+                let mut trim = tx.prepare_cached(
                     "DELETE FROM invocations WHERE function_id = ?1 AND seq <=
                      (SELECT seq FROM invocations WHERE function_id = ?1
                       ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-                    params![function_id, KEEP_INVOCATIONS],
                 )?;
+                for function_id in touched {
+                    trim.execute(params![function_id, KEEP_INVOCATIONS])?;
+                }
             }
             tx.commit()?;
             Ok(())

@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::ephemeral::{EphemeralDisk, EphemeralDisks, TmpKind};
 use crate::ids::{HostIds, IdSlot};
-use crate::instance::{AgentInstance, Backend};
+use crate::instance::{AgentInstance, Backend, FreezeSwitch};
 use crate::native::cgroup::Freezer;
 use crate::socket::AgentListener;
 use crate::views::{View, Views};
@@ -593,18 +593,10 @@ impl Backend for DockerBackend {
         diagnose(&self.docker, &self.name).await
     }
 
-    async fn freeze(&mut self) -> Result<(), ExecutorError> {
-        match &self.freezer {
-            Some(f) => f.freeze().map_err(ExecutorError::io("freeze container")),
-            None => Ok(()),
-        }
-    }
-
-    async fn thaw(&mut self) -> Result<(), ExecutorError> {
-        match &self.freezer {
-            Some(f) => f.thaw().map_err(ExecutorError::io("thaw container")),
-            None => Ok(()),
-        }
+    fn freezer(&self) -> Option<Arc<dyn FreezeSwitch>> {
+        self.freezer
+            .clone()
+            .map(|f| Arc::new(f) as Arc<dyn FreezeSwitch>)
     }
 
     async fn destroy(&mut self) {

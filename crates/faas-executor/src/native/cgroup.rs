@@ -203,14 +203,14 @@ impl Freezer {
         }
         v2.filter(|f| f.file.exists())
     }
+}
 
-    /// Stop every process of the cgroup where it stands.
-    pub fn freeze(&self) -> std::io::Result<()> {
+impl crate::instance::FreezeSwitch for Freezer {
+    fn freeze(&self) -> std::io::Result<()> {
         std::fs::write(&self.file, if self.v1 { "FROZEN" } else { "1" })
     }
 
-    /// Let them run again.
-    pub fn thaw(&self) -> std::io::Result<()> {
+    fn thaw(&self) -> std::io::Result<()> {
         std::fs::write(&self.file, if self.v1 { "THAWED" } else { "0" })
     }
 }

@@ -16,7 +16,7 @@ use super::spec::{self, InstanceIds, InstanceMounts, Tmp};
 use super::NativeConfig;
 use crate::ephemeral::{EphemeralDisk, TmpKind};
 use crate::ids::IdSlot;
-use crate::instance::{AgentInstance, Backend};
+use crate::instance::{AgentInstance, Backend, FreezeSwitch};
 use crate::socket::AgentListener;
 use crate::views::View;
 use crate::{ExecutorError, InstanceSpec};
@@ -430,18 +430,10 @@ impl Backend for NativeBackend {
         stderr_tail(&self.stderr)
     }
 
-    async fn freeze(&mut self) -> Result<(), ExecutorError> {
-        match &self.freezer {
-            Some(f) => f.freeze().map_err(ExecutorError::io("freeze instance")),
-            None => Ok(()),
-        }
-    }
-
-    async fn thaw(&mut self) -> Result<(), ExecutorError> {
-        match &self.freezer {
-            Some(f) => f.thaw().map_err(ExecutorError::io("thaw instance")),
-            None => Ok(()),
-        }
+    fn freezer(&self) -> Option<Arc<dyn FreezeSwitch>> {
+        self.freezer
+            .clone()
+            .map(|f| Arc::new(f) as Arc<dyn FreezeSwitch>)
     }
 
     async fn destroy(&mut self) {
