@@ -6,8 +6,7 @@ use std::time::Duration;
 use faas_common::contract::{
     keep_tail, truncate, MAX_ERROR_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES,
 };
-use faas_common::protocol::{FailureKind, Frame, InitSpec, Message, ProtocolError};
-use faas_common::Language;
+use faas_common::protocol::{FailureKind, Frame, Message, ProtocolError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{ExecutorError, InvokeOutput, Ready};
@@ -62,18 +61,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentConn<S> {
         }
     }
 
-    /// Load the handler.
-    pub async fn init(&mut self, spec: InitSpec) -> Result<Ready, ExecutorError> {
-        self.load(Message::Init(spec)).await
-    }
-
-    /// Start `language`'s runtime with no function in it (a pre-started
-    /// instance); a later [`AgentConn::init`] loads the handler into it.
-    pub async fn prestart(&mut self, language: Language) -> Result<Ready, ExecutorError> {
-        self.load(Message::Prestart { language }).await
-    }
-
-    async fn load(&mut self, message: Message) -> Result<Ready, ExecutorError> {
+    /// Send `Init` (load the handler) or `Prestart` (start a runtime with no
+    /// function, which a later `Init` loads one into) and read the `Ready`.
+    pub async fn load(&mut self, message: Message) -> Result<Ready, ExecutorError> {
         match self.call(Frame::new(message)).await?.message {
             Message::Ready {
                 error: None,

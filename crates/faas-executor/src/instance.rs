@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use faas_common::protocol::InitSpec;
+use faas_common::protocol::{InitSpec, Message};
 use tokio::net::UnixStream;
 
 use crate::agent::{AgentConn, AgentReply};
@@ -109,15 +109,8 @@ impl<B: Backend> AgentInstance<B> {
     /// On `Err` the instance must not be used (its owner destroys it).
     async fn load(&mut self, init: InitSpec, load_timeout: Duration) -> Result<(), ExecutorError> {
         self.unpark().await?;
-        let err = match tokio::time::timeout(load_timeout, self.conn.init(init)).await {
-            Ok(Ok(_ready)) => {
-                self.park().await;
-                return Ok(());
-            }
-            Ok(Err(e)) => self.classify(e).await,
-            Err(_) => ExecutorError::Start(format!("handler did not load within {load_timeout:?}")),
-        };
-        Err(err)
+        self.ready(Message::Init(init), load_timeout, "handler did not load")
+            .await
     }
 
     /// Start `language`'s runtime with no function (a pre-started instance)
@@ -127,13 +120,28 @@ impl<B: Backend> AgentInstance<B> {
         language: faas_common::Language,
         timeout: Duration,
     ) -> Result<(), ExecutorError> {
-        let err = match tokio::time::timeout(timeout, self.conn.prestart(language)).await {
+        self.ready(
+            Message::Prestart { language },
+            timeout,
+            "runtime did not start",
+        )
+        .await
+    }
+
+    /// Send `message` (`Init`, `Prestart`), wait `timeout` for `Ready`, park.
+    async fn ready(
+        &mut self,
+        message: Message,
+        timeout: Duration,
+        late: &str,
+    ) -> Result<(), ExecutorError> {
+        let err = match tokio::time::timeout(timeout, self.conn.load(message)).await {
             Ok(Ok(_ready)) => {
                 self.park().await;
                 return Ok(());
             }
             Ok(Err(e)) => self.classify(e).await,
-            Err(_) => ExecutorError::Start(format!("runtime did not start within {timeout:?}")),
+            Err(_) => ExecutorError::Start(format!("{late} within {timeout:?}")),
         };
         Err(err)
     }

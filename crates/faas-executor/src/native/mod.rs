@@ -212,6 +212,21 @@ impl NativeSandbox {
         &self.starter.config
     }
 
+    /// Unmount every slot, view and `/tmp` disk (nothing uses them now).
+    async fn sweep_mounts(&self) {
+        let starter = &self.starter;
+        let (views, ephemeral) = (starter.views.clone(), starter.ephemeral.clone());
+        let slots = starter.config.prestart.slots_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            (
+                spare::Slots::sweep(&slots),
+                views.sweep(),
+                ephemeral.sweep(),
+            )
+        })
+        .await;
+    }
+
     /// Start spares until each runtime has its configured count.
     fn fill_spares(&self) {
         let (starter, spares) = (self.starter.clone(), self.spares.clone());
@@ -269,16 +284,7 @@ impl Sandbox for NativeSandbox {
         let starter = &self.starter;
         let config = &starter.config;
         let n = instance::reap_leftovers(config).await?;
-        let (views, ephemeral) = (starter.views.clone(), starter.ephemeral.clone());
-        let slots = config.prestart.slots_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            (
-                spare::Slots::sweep(&slots),
-                views.sweep(),
-                ephemeral.sweep(),
-            )
-        })
-        .await;
+        self.sweep_mounts().await;
         // The sweep removed the parent; instances to come live under its limits.
         if let Some(limits) = config.parent_limits {
             let parent = config.cgroup_parent.clone();
@@ -302,16 +308,7 @@ impl Sandbox for NativeSandbox {
         let cleanups = starter.cleanups.clone();
         let _ = tokio::task::spawn_blocking(move || cleanups.join_all()).await;
         let n = instance::reap_leftovers(config).await?;
-        let (views, ephemeral) = (starter.views.clone(), starter.ephemeral.clone());
-        let slots = config.prestart.slots_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            (
-                spare::Slots::sweep(&slots),
-                views.sweep(),
-                ephemeral.sweep(),
-            )
-        })
-        .await;
+        self.sweep_mounts().await;
         crate::socket::remove_dirs(&config.sockets_dir).await;
         Ok(n)
     }
