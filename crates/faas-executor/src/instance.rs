@@ -108,7 +108,7 @@ impl<B: Backend> AgentInstance<B> {
     /// Load the handler `init` within `load_timeout` and park the instance.
     /// On `Err` the instance must not be used (its owner destroys it).
     async fn load(&mut self, init: InitSpec, load_timeout: Duration) -> Result<(), ExecutorError> {
-        self.unpark().await?;
+        self.unpark()?;
         self.ready(Message::Init(init), load_timeout, "handler did not load")
             .await
     }
@@ -137,7 +137,7 @@ impl<B: Backend> AgentInstance<B> {
     ) -> Result<(), ExecutorError> {
         let err = match tokio::time::timeout(timeout, self.conn.load(message)).await {
             Ok(Ok(_ready)) => {
-                self.park().await;
+                self.park();
                 return Ok(());
             }
             Ok(Err(e)) => self.classify(e).await,
@@ -177,7 +177,7 @@ impl<B: Backend> AgentInstance<B> {
     /// The instance is idle: freeze it if it stays idle for [`FREEZE_AFTER`].
     /// A freezer that fails leaves it running, which costs CPU but breaks
     /// nothing: say so and carry on.
-    async fn park(&mut self) {
+    fn park(&mut self) {
         let Some(freezer) = self.freezer.clone() else {
             return;
         };
@@ -205,7 +205,7 @@ impl<B: Backend> AgentInstance<B> {
     }
 
     /// Before talking to its agent: cancel a pending freeze, thaw a frozen one.
-    async fn unpark(&mut self) -> Result<(), ExecutorError> {
+    fn unpark(&mut self) -> Result<(), ExecutorError> {
         let Some(freezer) = &self.freezer else {
             return Ok(());
         };
@@ -329,14 +329,14 @@ impl<B: Backend> Instance for AgentInstance<B> {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<InvokeOutput, ExecutorError> {
-        self.unpark().await?;
+        self.unpark()?;
         let call = self
             .conn
             .invoke(request_id, timeout.as_millis() as u64, payload);
         let reply = tokio::time::timeout(timeout, call).await;
         let out = self.settle(timeout, reply).await;
         if out.is_ok() {
-            self.park().await;
+            self.park();
         }
         out
     }
@@ -349,17 +349,17 @@ impl<B: Backend> Instance for AgentInstance<B> {
         stdin: Vec<u8>,
         timeout: Duration,
     ) -> Result<InvokeOutput, ExecutorError> {
-        self.unpark().await?;
+        self.unpark()?;
         let call = self.conn.exec(request_id, command, env, stdin);
         let reply = tokio::time::timeout(timeout, call).await;
         self.settle(timeout, reply).await
     }
 
     async fn ping(&mut self, timeout: Duration) -> Result<(), ExecutorError> {
-        self.unpark().await?;
+        self.unpark()?;
         match tokio::time::timeout(timeout, self.conn.ping()).await {
             Ok(Ok(())) => {
-                self.park().await;
+                self.park();
                 Ok(())
             }
             Ok(Err(e)) => Err(self.classify(e).await),

@@ -922,15 +922,6 @@ impl Store {
         .await
     }
 
-    /// Record an invocation, keeping only the newest records per function.
-    pub async fn record(
-        &self,
-        function_id: String,
-        record: InvocationRecord,
-    ) -> Result<(), OrchestratorError> {
-        self.record_all(vec![(function_id, record)]).await
-    }
-
     /// Keep invocation records (function id, record) in one transaction,
     /// each function's oldest beyond [`KEEP_INVOCATIONS`] dropped.
     async fn record_all(
@@ -1539,7 +1530,10 @@ pub(crate) mod tests {
         assert_eq!(code.len(), KEEP_VERSIONS as usize, "{code:?}");
         assert!(code.contains("code7") && !code.contains("code2"));
         for n in 0..(KEEP_INVOCATIONS as usize + 10) {
-            store.record(id.clone(), record(n)).await.unwrap();
+            store
+                .record_all(vec![(id.clone(), record(n))])
+                .await
+                .unwrap();
         }
         let all = store.invocations(&id, 1000, None).await.unwrap();
         assert_eq!(all.len(), KEEP_INVOCATIONS as usize);

@@ -130,10 +130,7 @@ impl Spares {
             }
             _ => false,
         };
-        spec.egress.is_empty()
-            && tmp_matches
-            && init.language == spec.language
-            && !init.env.keys().any(|k| read_at_startup(k))
+        spec.egress.is_empty() && tmp_matches && !init.env.keys().any(|k| read_at_startup(k))
     }
 
     /// A ready spare for `spec`, if it fits one and one is ready.
